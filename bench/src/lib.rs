@@ -1,0 +1,2 @@
+//! Benchmark drivers for chainmail.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! TLS configuration and connection information for chainmail, on rustls.
+#![forbid(unsafe_code)]

@@ -1,0 +1,220 @@
+//! Owned descriptors from inherited numbers, and descriptor flags.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::stat::{SFlag, fstat};
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Whether `n` names an open descriptor of this process.
+pub fn is_open(n: RawFd) -> bool {
+    if n < 0 {
+        return false;
+    }
+    // SAFETY: F_GETFD only reads the descriptor table entry.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::fcntl(n, libc::F_GETFD) };
+    r != -1
+}
+
+/// Takes ownership of an inherited descriptor number.
+///
+/// Fails with `EBADF` when `n` is not open. The caller must not adopt the
+/// same number twice, nor adopt a number that something else in the
+/// process owns; binaries call this once per number at start-up, for the
+/// numbers their interface says they inherit (0, 1, and the `SSL*FD`s).
+pub fn adopt(n: RawFd) -> io::Result<OwnedFd> {
+    if !is_open(n) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `n` is open (checked above) and, by the contract documented
+    // on this function, owned by nothing else in the process.
+    #[allow(unsafe_code)]
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Makes `fd` also available as descriptor number `target` (dup2), without
+/// the close-on-exec flag, so that an exec'd program finds it there.
+/// Whatever `target` named before is closed by the kernel; if `target` was
+/// an [`OwnedFd`] somewhere in this process, the caller must `forget` it.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        return set_cloexec(&fd, false);
+    }
+    // SAFETY: dup2 does not touch memory; closing `target` is the stated
+    // purpose of this function.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Sets or clears `FD_CLOEXEC`.
+pub fn set_cloexec(fd: &impl AsFd, on: bool) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).map_err(errno)?);
+    let new = if on { flags | FdFlag::FD_CLOEXEC } else { flags - FdFlag::FD_CLOEXEC };
+    if new != flags {
+        fcntl(fd, FcntlArg::F_SETFD(new)).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK` on the open file description.
+///
+/// Note that the flag belongs to the description, not to the descriptor:
+/// every process holding a duplicate sees the change.
+pub fn set_nonblocking(fd: &impl AsFd, on: bool) -> io::Result<()> {
+    let fd = fd.as_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(errno)?);
+    let new = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    if new != flags {
+        fcntl(fd, FcntlArg::F_SETFL(new)).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// The kind of object a descriptor refers to, as far as the relay cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A pipe or FIFO: `splice(2)` works to and from it.
+    Pipe,
+    /// A socket: `shutdown(2)` passes EOF on without closing.
+    Socket,
+    /// Anything else (a file, a terminal).
+    Other,
+}
+
+/// Finds out what `fd` refers to.
+pub fn kind(fd: &impl AsFd) -> io::Result<Kind> {
+    let st = fstat(fd.as_fd()).map_err(errno)?;
+    let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    Ok(if fmt == SFlag::S_IFIFO {
+        Kind::Pipe
+    } else if fmt == SFlag::S_IFSOCK {
+        Kind::Socket
+    } else {
+        Kind::Other
+    })
+}
+
+/// A pipe, both ends close-on-exec: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(errno)
+}
+
+/// A connected pair of Unix stream sockets, both close-on-exec.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    nix::sys::socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(errno)
+}
+
+/// Grows a pipe's buffer (`F_SETPIPE_SZ`). Best effort: returns the size
+/// the kernel granted, or an error that callers may ignore.
+pub fn set_pipe_size(fd: &impl AsFd, size: usize) -> io::Result<usize> {
+    let size = i32::try_from(size).unwrap_or(i32::MAX);
+    fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(size)).map(|n| n as usize).map_err(errno)
+}
+
+/// `read(2)` that retries on `EINTR`.
+pub fn read(fd: &impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd.as_fd(), buf) {
+            Ok(n) => return Ok(n),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// `write(2)` that retries on `EINTR`.
+pub fn write(fd: &impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::write(fd.as_fd(), buf) {
+            Ok(n) => return Ok(n),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// `writev(2)` that retries on `EINTR`: one system call for several
+/// buffers, so that a TLS flight or a batch of replies leaves as one
+/// segment instead of several small ones.
+pub fn writev(fd: &impl AsFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        match nix::sys::uio::writev(fd.as_fd(), bufs) {
+            Ok(n) => return Ok(n),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+}
+
+/// Writes all of `buf` to a blocking descriptor.
+pub fn write_all(fd: &impl AsFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = write(fd, buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// An `io::Read + io::Write` view of a borrowed descriptor, for libraries
+/// (rustls) that want those traits. Writes with several buffers use
+/// `writev(2)`.
+#[derive(Debug, Clone, Copy)]
+pub struct FdIo<'a>(pub BorrowedFd<'a>);
+
+impl io::Read for FdIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read(&self.0, buf)
+    }
+}
+
+impl io::Write for FdIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write(&self.0, buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        writev(&self.0, bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_kind_and_flags() {
+        let (r, w) = pipe().expect("pipe");
+        assert_eq!(kind(&r).expect("kind"), Kind::Pipe);
+        set_nonblocking(&r, true).expect("nonblock");
+        let mut buf = [0u8; 4];
+        let e = read(&r, &mut buf).expect_err("empty nonblocking pipe");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        write_all(&w, b"ab").expect("write");
+        assert_eq!(read(&r, &mut buf).expect("read"), 2);
+        assert!(is_open(r.as_raw_fd()));
+        let n = r.as_raw_fd();
+        drop(r);
+        assert!(!is_open(n));
+        assert!(adopt(n).is_err());
+    }
+
+    #[test]
+    fn socketpair_kind() {
+        let (a, _b) = socketpair().expect("socketpair");
+        assert_eq!(kind(&a).expect("kind"), Kind::Socket);
+    }
+}

@@ -1,0 +1,21 @@
+//! The Unix side of chainmail: the UCSPI and UCSPI-TLS contract (which
+//! file descriptors and which environment variables a program inherits),
+//! plus the plumbing the binaries share: deadlines and `poll`, forking and
+//! exec-ing into the next program of a chain, dropping privileges, and a
+//! byte relay that uses `splice(2)` where the kernel allows it.
+//!
+//! This is the only crate of the workspace that contains `unsafe` code.
+//! It is confined to two operations: turning an inherited descriptor number
+//! into an owned descriptor ([`fd::adopt`]) and `fork(2)` ([`process::fork`]).
+//! Every other crate has `#![forbid(unsafe_code)]`.
+
+pub mod diag;
+pub mod env;
+pub mod fd;
+pub mod net;
+pub mod poll;
+pub mod process;
+pub mod relay;
+
+pub use env::{SslFds, UCSPI_TLS_VARS};
+pub use poll::Deadline;

@@ -1,0 +1,61 @@
+//! Socket details: Nagle, half-close, and the lingering close that keeps
+//! the last reply of a session from being destroyed by a reset.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nix::sys::socket::{Shutdown, setsockopt, sockopt};
+
+use crate::poll::Deadline;
+
+/// Turns Nagle's algorithm off on a TCP socket. Returns `false` (and does
+/// nothing) when `fd` is not a TCP socket.
+///
+/// chainmail writes each TLS flight and each batch of replies with one
+/// system call, so there is never a second small segment for Nagle to hold
+/// back while the peer delays its acknowledgement.
+pub fn set_nodelay(fd: &impl AsFd) -> bool {
+    setsockopt(&fd.as_fd(), sockopt::TcpNoDelay, &true).is_ok()
+}
+
+/// `shutdown(SHUT_WR)`: the peer reads EOF once it has read everything we
+/// sent. Errors other than a missing connection are returned.
+pub fn shutdown_write(fd: &impl AsFd) -> io::Result<()> {
+    shutdown(fd, Shutdown::Write)
+}
+
+/// `shutdown(SHUT_RD)`.
+pub fn shutdown_read(fd: &impl AsFd) -> io::Result<()> {
+    shutdown(fd, Shutdown::Read)
+}
+
+fn shutdown(fd: &impl AsFd, how: Shutdown) -> io::Result<()> {
+    match nix::sys::socket::shutdown(fd.as_fd().as_raw_fd(), how) {
+        Ok(()) | Err(nix::Error::ENOTCONN) => Ok(()),
+        Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+    }
+}
+
+/// Reads and discards from `fd` until EOF, an error, or `deadline`.
+///
+/// Closing a TCP socket that still has unread input makes the kernel send
+/// a reset, and a reset can destroy data the peer has not read yet (the
+/// final `221`). After `shutdown_write`, draining the input until the peer
+/// closes avoids that. The descriptor may be blocking or not.
+pub fn drain(fd: &impl AsFd, deadline: Deadline) {
+    use nix::poll::{PollFd, PollFlags};
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match crate::poll::wait(&mut fds, deadline) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        match crate::fd::read(fd, &mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
