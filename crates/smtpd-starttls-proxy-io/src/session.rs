@@ -1,0 +1,356 @@
+//! The proxy's I/O: one poll loop that drives [`chainmail_smtp::proxy`]
+//! until the client decides, then the TLS hand-over or the plaintext
+//! relay.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use chainmail_smtp::proxy::{End, Proxy, Status, Transport};
+use chainmail_ucspi::fd;
+use chainmail_ucspi::net;
+use chainmail_ucspi::poll::{self, Deadline};
+use chainmail_ucspi::relay::{LegSpec, Outcome, Relay};
+use chainmail_ucspi::{SslFds, diag};
+use nix::poll::{PollFd, PollFlags};
+
+use crate::Options;
+
+/// Size asked for the pipes to and from the smtpd.
+pub const PIPE_SIZE: usize = 256 * 1024;
+
+/// How long the last reply may take to leave once the proxy has decided to
+/// close, and how long a closing connection is drained for the client's
+/// EOF.
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Most connection information accepted from the UCSPI-TLS server.
+const MAX_TLS_INFO: usize = 64 * 1024;
+
+/// The descriptors of a session.
+#[derive(Debug)]
+pub struct Fds {
+    /// The network, read side (fd 0).
+    pub net_in: OwnedFd,
+    /// The network, write side (fd 1).
+    pub net_out: OwnedFd,
+    /// The UCSPI-TLS descriptors.
+    pub ssl: SslFds,
+    /// The smtpd's standard input.
+    pub smtpd_in: OwnedFd,
+    /// The smtpd's standard output.
+    pub smtpd_out: OwnedFd,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Relayed to the end.
+    Relayed,
+    /// The relay was idle for too long.
+    RelayIdle,
+    /// The proxy ended it, for this reason.
+    Proxy(End),
+}
+
+impl Ended {
+    /// The process exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Ended::Relayed | Ended::Proxy(End::Closed | End::ClientGone | End::Injection) => 0,
+            Ended::Proxy(End::TlsFailed) => 1,
+            Ended::RelayIdle | Ended::Proxy(End::Timeout) => 99,
+            Ended::Proxy(End::ServerError) => 101,
+        }
+    }
+}
+
+fn remote() -> String {
+    match std::env::var("TCPREMOTEIP") {
+        Ok(ip) => format!(" (client {ip})"),
+        Err(_) => String::new(),
+    }
+}
+
+/// Writes as much of the client's output as the socket takes now.
+/// Returns false when the client is gone.
+fn flush_client(p: &mut Proxy, net_out: &OwnedFd) -> bool {
+    while !p.client_output().is_empty() {
+        match fd::write(net_out, p.client_output()) {
+            Ok(n) => p.consume_client_output(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Writes as much of the smtpd's input as the pipe takes now. Returns
+/// false when the smtpd is gone.
+fn flush_server(p: &mut Proxy, smtpd_in: &OwnedFd) -> bool {
+    while !p.server_output().is_empty() {
+        match fd::write(smtpd_in, p.server_output()) {
+            Ok(n) => p.consume_server_output(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn idle_deadline(timeout: Option<Duration>) -> Deadline {
+    timeout.map_or(Deadline::NEVER, Deadline::after)
+}
+
+/// Runs a session to its end.
+pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
+    let Fds { net_in, net_out, ssl, smtpd_in, smtpd_out } = fds;
+    for f in [&net_in, &net_out, &smtpd_in, &smtpd_out] {
+        fd::set_nonblocking(f, true)?;
+    }
+    net::set_nodelay(&net_out);
+    let mut smtpd_in = Some(smtpd_in);
+    let mut p = Proxy::new(opts.proxy);
+    let mut deadline = idle_deadline(opts.timeout);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !flush_client(&mut p, &net_out) {
+            return Ok(close(opts, End::ClientGone, p, net_in, net_out));
+        }
+        if let Some(w) = &smtpd_in {
+            if !flush_server(&mut p, w) {
+                p.server_closed();
+            }
+        }
+        if p.should_close_server_input() {
+            smtpd_in = None;
+        }
+        match p.status() {
+            Status::Running => {}
+            Status::StartTls => {
+                let Some(smtpd_in) = smtpd_in else {
+                    return Ok(close(opts, End::Closed, p, net_in, net_out));
+                };
+                return start_tls(opts, p, net_in, net_out, ssl, smtpd_in, smtpd_out);
+            }
+            Status::Relay(_) => {
+                let Some(smtpd_in) = smtpd_in else {
+                    return Ok(close(opts, End::Closed, p, net_in, net_out));
+                };
+                if opts.verbosity >= 2 {
+                    diag::info(format_args!("client chose plaintext{}", remote()));
+                }
+                // Closing the control socket declines TLS: the UCSPI-TLS
+                // engine exits now instead of waiting for the session end.
+                drop(ssl);
+                let parts = p.into_relay();
+                let relay = Relay::new(
+                    LegSpec { src: net_in, dst: smtpd_in, leftover: parts.to_server },
+                    LegSpec { src: smtpd_out, dst: net_out, leftover: parts.to_client },
+                )?
+                .idle_timeout(opts.relay_timeout);
+                return Ok(relay_outcome(relay.run()?.outcome));
+            }
+            Status::Finished(end) => return Ok(close(opts, end, p, net_in, net_out)),
+        }
+
+        let want_client = p.wants_client_input();
+        let want_server = p.wants_server_input();
+        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        let mut slots: Vec<u8> = Vec::with_capacity(4);
+        if want_client {
+            pfds.push(PollFd::new(net_in.as_fd(), PollFlags::POLLIN));
+            slots.push(b'c');
+        }
+        if !p.client_output().is_empty() {
+            pfds.push(PollFd::new(net_out.as_fd(), PollFlags::POLLOUT));
+            slots.push(b'C');
+        }
+        if want_server {
+            pfds.push(PollFd::new(smtpd_out.as_fd(), PollFlags::POLLIN));
+            slots.push(b's');
+        }
+        if let Some(w) = &smtpd_in {
+            if !p.server_output().is_empty() {
+                pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+                slots.push(b'S');
+            }
+        }
+        if pfds.is_empty() {
+            // Nothing can move any more: the session is over.
+            return Ok(close(opts, End::Closed, p, net_in, net_out));
+        }
+        if poll::wait(&mut pfds, deadline)? == 0 {
+            if opts.verbosity >= 2 {
+                diag::info(format_args!("timed out{}", remote()));
+            }
+            p.timed_out();
+            continue;
+        }
+        let ready: Vec<u8> = slots
+            .iter()
+            .zip(pfds.iter())
+            .filter(|(_, pfd)| pfd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(&s, _)| s)
+            .collect();
+        drop(pfds);
+        for slot in ready {
+            match slot {
+                b'c' => match fd::read(&net_in, &mut buf) {
+                    Ok(0) => p.client_closed(),
+                    Ok(n) => {
+                        p.client_data(&buf[..n]);
+                        deadline = idle_deadline(opts.timeout);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => p.client_closed(),
+                },
+                b's' => match fd::read(&smtpd_out, &mut buf) {
+                    Ok(0) => p.server_closed(),
+                    Ok(n) => {
+                        p.server_data(&buf[..n]);
+                        deadline = idle_deadline(opts.timeout);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => p.server_closed(),
+                },
+                // Writable: the flush at the top of the loop does it.
+                _ => {}
+            }
+        }
+    }
+}
+
+fn relay_outcome(outcome: Outcome) -> Ended {
+    match outcome {
+        Outcome::Finished => Ended::Relayed,
+        Outcome::IdleTimeout => Ended::RelayIdle,
+    }
+}
+
+/// Waits until `fd` is ready for `events` or the deadline passes.
+fn wait_for(f: &OwnedFd, events: PollFlags, deadline: Deadline) -> io::Result<bool> {
+    let mut pfds = [PollFd::new(f.as_fd(), events)];
+    Ok(poll::wait(&mut pfds, deadline)? > 0)
+}
+
+/// Writes all of the client's output, waiting at most until `deadline`.
+fn flush_client_fully(p: &mut Proxy, net_out: &OwnedFd, deadline: Deadline) -> bool {
+    loop {
+        if !flush_client(p, net_out) {
+            return false;
+        }
+        if p.client_output().is_empty() {
+            return true;
+        }
+        match wait_for(net_out, PollFlags::POLLOUT, deadline) {
+            Ok(true) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Ends a session the proxy decided to end: the last reply goes out, the
+/// smtpd gets EOF, and the client's input is drained until it closes so
+/// that the closing does not reset the connection under the last reply.
+fn close(opts: &Options, end: End, mut p: Proxy, net_in: OwnedFd, net_out: OwnedFd) -> Ended {
+    if opts.verbosity >= 1 {
+        match end {
+            End::Injection => diag::warn(format_args!(
+                "client sent commands pipelined after STARTTLS; connection closed{}",
+                remote()
+            )),
+            End::ServerError => diag::warn(format_args!(
+                "the smtpd sent a malformed reply or closed with replies owed; connection closed{}",
+                remote()
+            )),
+            _ => {}
+        }
+    }
+    if end == End::TlsFailed {
+        // The TLS engine owns the connection now and has closed it.
+        return Ended::Proxy(end);
+    }
+    flush_client_fully(&mut p, &net_out, Deadline::after(CLOSE_FLUSH));
+    let _ = net::shutdown_write(&net_out);
+    drop(net_out);
+    if end != End::ClientGone {
+        net::drain(&net_in, Deadline::after(CLOSE_DRAIN));
+    }
+    Ended::Proxy(end)
+}
+
+/// Sends the `220`, asks the UCSPI-TLS server for TLS, waits for the
+/// handshake's outcome, and relays the TLS plaintext pipes to the smtpd.
+fn start_tls(
+    opts: &Options,
+    mut p: Proxy,
+    net_in: OwnedFd,
+    net_out: OwnedFd,
+    ssl: SslFds,
+    smtpd_in: OwnedFd,
+    smtpd_out: OwnedFd,
+) -> io::Result<Ended> {
+    let deadline = idle_deadline(opts.timeout);
+    // The 220 must be out before the engine starts reading the handshake.
+    if !flush_client_fully(&mut p, &net_out, deadline) {
+        return Ok(Ended::Proxy(End::ClientGone));
+    }
+    // From here on the network belongs to the TLS engine.
+    drop(net_in);
+    drop(net_out);
+    let SslFds { ctl, read: tls_read, write: tls_write } = ssl;
+    let info = match fd::write_all(&ctl, b"Y") {
+        Ok(()) => read_tls_info(&ctl, deadline),
+        Err(_) => Vec::new(),
+    };
+    drop(ctl);
+    if info.is_empty() {
+        p.tls_failed();
+        if opts.verbosity >= 2 {
+            diag::info(format_args!("TLS handshake failed{}", remote()));
+        }
+        return Ok(Ended::Proxy(End::TlsFailed));
+    }
+    p.tls_started();
+    if opts.verbosity >= 2 {
+        let fields: Vec<String> = info
+            .split(|&b| b == 0)
+            .filter(|f| f.starts_with(b"SSL_PROTOCOL=") || f.starts_with(b"SSL_CIPHER="))
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        diag::info(format_args!("TLS started: {}{}", fields.join(" "), remote()));
+    }
+    debug_assert_eq!(p.status(), Status::Relay(Transport::Tls));
+    let parts = p.into_relay();
+    let relay = Relay::new(
+        LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
+        LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },
+    )?
+    .idle_timeout(opts.relay_timeout);
+    Ok(relay_outcome(relay.run()?.outcome))
+}
+
+/// Reads the connection information the UCSPI-TLS server sends after the
+/// handshake, up to its EOF. Empty means the handshake failed.
+fn read_tls_info(ctl: &OwnedFd, deadline: Deadline) -> Vec<u8> {
+    let mut info = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match wait_for(ctl, PollFlags::POLLIN, deadline) {
+            Ok(true) => {}
+            _ => return Vec::new(),
+        }
+        match fd::read(ctl, &mut buf) {
+            Ok(0) => return info,
+            Ok(n) => {
+                if info.len() < MAX_TLS_INFO {
+                    info.extend_from_slice(&buf[..n.min(MAX_TLS_INFO - info.len())]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return info,
+        }
+    }
+}
