@@ -7,10 +7,14 @@
 //! * [`line`]: a resumable, bounded line splitter.
 //! * [`reply`]: reply lines (`250-text`) and whole replies.
 //! * [`command`]: client command lines and their verbs.
+//! * [`data`]: the DATA encoding of a message (dot-stuffing, line ends).
 //! * [`proxy`]: the STARTTLS proxy that sits in front of a plain smtpd.
+//! * [`client`]: one delivery attempt of an SMTP client.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod command;
+pub mod data;
 pub mod line;
 pub mod proxy;
 pub mod reply;

@@ -47,34 +47,24 @@ impl LineBuffer {
     /// The next line, if a complete one (or the end of an overlong one) is
     /// buffered.
     pub fn next_line(&mut self) -> Option<Line<'_>> {
-        loop {
-            let pending = &self.buf[self.start..];
-            match pending.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    if self.skipping {
-                        self.skipping = false;
-                        self.start += i + 1;
-                        return Some(Line::TooLong);
-                    }
-                    if i + 1 > self.max {
-                        self.start += i + 1;
-                        return Some(Line::TooLong);
-                    }
-                    let line = self.start..self.start + i + 1;
-                    self.start += i + 1;
-                    return Some(Line::Complete(&self.buf[line]));
+        let pending = &self.buf[self.start..];
+        match pending.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let too_long = std::mem::take(&mut self.skipping) || i + 1 > self.max;
+                let line = self.start..self.start + i + 1;
+                self.start += i + 1;
+                if too_long { Some(Line::TooLong) } else { Some(Line::Complete(&self.buf[line])) }
+            }
+            None => {
+                if !self.skipping && pending.len() >= self.max {
+                    self.skipping = true;
                 }
-                None => {
-                    if !self.skipping && pending.len() >= self.max {
-                        self.skipping = true;
-                    }
-                    if self.skipping {
-                        // Throw the partial overlong line away.
-                        self.start = self.buf.len();
-                        self.compact();
-                    }
-                    return None;
+                if self.skipping {
+                    // Throw the partial overlong line away.
+                    self.start = self.buf.len();
+                    self.compact();
                 }
+                None
             }
         }
     }

@@ -1,0 +1,596 @@
+//! The client side of one SMTP delivery attempt, as a state machine.
+//!
+//! The caller has a connected socket. It feeds the machine the server's
+//! bytes ([`Client::server_data`]) and events (EOF, timeout, the outcome
+//! of a TLS handshake, the end of the message body), writes what
+//! [`Client::output`] holds, and acts on [`Client::status`]: start TLS,
+//! stream the message, or stop with an [`Outcome`].
+//!
+//! The outcome says either that this server should be left for the next
+//! one (nothing was committed: a `4xx` greeting, a failed EHLO, a
+//! connection lost before `MAIL`), or that the attempt is final, with one
+//! result per recipient and a [`Verdict`]. [`Verdict::is_permanent`] is the
+//! one place that decides between a bounce and a retry.
+
+use crate::data::MessageFacts;
+use crate::reply::{Reply, ReplyError, ReplyReader};
+
+/// What the caller wants from TLS on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsWish {
+    /// Never send STARTTLS.
+    Off,
+    /// STARTTLS when offered; if it is not offered or the server refuses
+    /// it, go on in plaintext on the same connection.
+    Try,
+    /// STARTTLS or nothing: a server that does not offer it, or refuses it,
+    /// ends the attempt with [`Outcome::NoStartTls`] or
+    /// [`Outcome::TlsFailed`].
+    Require,
+}
+
+/// The attempt's parameters.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The name for EHLO/HELO.
+    pub helo: String,
+    /// The sender, encoded for `MAIL FROM:<...>` (empty for `<>`).
+    pub sender: Vec<u8>,
+    /// The recipients, encoded for `RCPT TO:<...>`.
+    pub recipients: Vec<Vec<u8>>,
+    /// What the message needs.
+    pub facts: MessageFacts,
+    /// An address needs SMTPUTF8 (RFC 6531).
+    pub needs_smtputf8: bool,
+    /// TLS wanted?
+    pub tls: TlsWish,
+}
+
+/// The extensions a server announced in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 3207.
+    pub starttls: bool,
+    /// RFC 1870: `Some(0)` means no fixed limit.
+    pub size: Option<u64>,
+    /// RFC 6152.
+    pub eight_bit_mime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+}
+
+impl Extensions {
+    /// Reads the keywords of an EHLO reply (its first line is the server's
+    /// name and is skipped).
+    pub fn from_ehlo(reply: &Reply) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in reply.lines.iter().skip(1) {
+            let text = String::from_utf8_lossy(line);
+            let mut words = text.split_ascii_whitespace();
+            let Some(keyword) = words.next() else { continue };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "STARTTLS" => ext.starttls = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// Why a server is left for the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// The greeting was a 4xx.
+    Greeting(Reply),
+    /// EHLO got a 4xx.
+    Ehlo(Reply),
+    /// The connection ended or timed out before the transaction.
+    Died {
+        /// What the client was waiting for.
+        during: &'static str,
+        /// Timeout rather than EOF or error.
+        timeout: bool,
+    },
+    /// The server sent something that is not a reply before the
+    /// transaction.
+    Malformed(ReplyError),
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    /// 2xx.
+    Accepted,
+    /// 5xx: bounce this recipient.
+    Refused(Reply),
+    /// 4xx (or a reply that makes no sense): retry this recipient.
+    Deferred(Reply),
+    /// The transaction ended before its RCPT was answered.
+    NotTried,
+}
+
+/// How a committed attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx after the final dot: the server took the message.
+    Delivered(Reply),
+    /// The greeting was not 220 nor 4xx.
+    GreetingFailed(Reply),
+    /// HELO (after a refused EHLO) was not answered with 250.
+    HeloRejected(Reply),
+    /// MAIL was not accepted.
+    SenderRejected(Reply),
+    /// No recipient was accepted.
+    NoRecipients {
+        /// At least one refusal was temporary.
+        any_temporary: bool,
+    },
+    /// DATA was not answered with 354.
+    DataRejected(Reply),
+    /// The reply after the final dot was not 2xx.
+    MessageRejected(Reply),
+    /// The message is larger than the server's SIZE.
+    TooBig {
+        /// Our size.
+        size: u64,
+        /// The server's limit.
+        limit: u64,
+    },
+    /// An address needs SMTPUTF8 and the server does not offer it.
+    NeedsSmtputf8,
+    /// The connection ended or timed out during the transaction.
+    ConnectionDied {
+        /// The final dot had been sent: the server may have the message.
+        after_dot: bool,
+        /// A timeout rather than EOF or an error.
+        timeout: bool,
+    },
+    /// The server broke the protocol during the transaction.
+    Protocol(String),
+}
+
+impl Verdict {
+    /// Whether this ends the delivery for good (a bounce). Everything not
+    /// provably permanent is temporary: a temporary problem must never be
+    /// reported as a permanent one.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Verdict::Delivered(_) => false,
+            Verdict::SenderRejected(r) | Verdict::DataRejected(r) | Verdict::MessageRejected(r) => r.is_permanent(),
+            Verdict::NoRecipients { any_temporary } => !any_temporary,
+            Verdict::TooBig { .. } | Verdict::NeedsSmtputf8 => true,
+            // Stock qmail defers these whatever the code.
+            Verdict::GreetingFailed(_) | Verdict::HeloRejected(_) => false,
+            Verdict::ConnectionDied { .. } | Verdict::Protocol(_) => false,
+        }
+    }
+
+    /// Whether the message was delivered.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Verdict::Delivered(_))
+    }
+}
+
+/// The end of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing committed: try the next server.
+    Skip(Skip),
+    /// TLS was required and the server does not offer STARTTLS.
+    NoStartTls,
+    /// TLS was required and failed: STARTTLS refused (`Some(reply)`) or the
+    /// handshake failed (`None`).
+    TlsFailed(Option<Reply>),
+    /// The attempt is over.
+    Final {
+        /// One result per recipient, in order.
+        recipients: Vec<RcptResult>,
+        /// How it ended.
+        verdict: Verdict,
+    },
+}
+
+/// What the caller must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Write [`Client::output`], read the server.
+    Running,
+    /// [`Client::output`] is empty: do the TLS handshake now, then call
+    /// [`Client::tls_done`].
+    StartTls,
+    /// Write [`Client::output`] (the last commands), then stream the
+    /// encoded message and its terminator, then call
+    /// [`Client::body_sent`].
+    SendBody,
+    /// Write what is left of [`Client::output`] (a `QUIT`) if the
+    /// connection still works, and close.
+    Done(Outcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Ehlo { after_tls: bool },
+    Helo,
+    StartTls,
+    Handshake,
+    /// Waiting for the replies of MAIL, the RCPTs and DATA; `next` counts
+    /// the replies received so far (0 = MAIL's).
+    Transaction { next: usize },
+    Body,
+    FinalReply,
+    Done,
+}
+
+/// One delivery attempt on one connection.
+#[derive(Debug)]
+pub struct Client {
+    attempt: Attempt,
+    state: State,
+    replies: ReplyReader,
+    out: Vec<u8>,
+    ext: Extensions,
+    tls_active: bool,
+    pipelined: bool,
+    mail_reply: Option<Reply>,
+    rcpt: Vec<RcptResult>,
+    outcome: Option<Outcome>,
+}
+
+impl Client {
+    /// A client that has just connected and waits for the greeting.
+    pub fn new(attempt: Attempt) -> Client {
+        let n = attempt.recipients.len();
+        Client {
+            attempt,
+            state: State::Greeting,
+            replies: ReplyReader::new(),
+            out: Vec::new(),
+            ext: Extensions::default(),
+            tls_active: false,
+            pipelined: false,
+            mail_reply: None,
+            rcpt: vec![RcptResult::NotTried; n],
+            outcome: None,
+        }
+    }
+
+    /// What the caller must do next.
+    pub fn status(&self) -> Status {
+        match (&self.outcome, self.state) {
+            (Some(o), _) => Status::Done(o.clone()),
+            (None, State::Handshake) => Status::StartTls,
+            (None, State::Body) => Status::SendBody,
+            _ => Status::Running,
+        }
+    }
+
+    /// The extensions of the last EHLO reply.
+    pub fn extensions(&self) -> Extensions {
+        self.ext
+    }
+
+    /// Whether TLS is running on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// Bytes to send.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Records that `n` bytes of [`Client::output`] were sent.
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+
+    /// Whether the caller should read the server now.
+    pub fn wants_input(&self) -> bool {
+        self.outcome.is_none() && !matches!(self.state, State::Handshake | State::Body | State::Done)
+    }
+
+    fn send(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.out.extend_from_slice(p);
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn before_transaction(&self) -> bool {
+        matches!(self.state, State::Greeting | State::Ehlo { .. } | State::Helo | State::StartTls | State::Handshake)
+    }
+
+    fn finish(&mut self, outcome: Outcome, quit: bool) {
+        if quit {
+            self.out.extend_from_slice(b"QUIT\r\n");
+        }
+        self.state = State::Done;
+        self.outcome = Some(outcome);
+    }
+
+    fn final_verdict(&mut self, verdict: Verdict, quit: bool) {
+        let recipients = std::mem::take(&mut self.rcpt);
+        self.finish(Outcome::Final { recipients, verdict }, quit);
+    }
+
+    /// Bytes from the server.
+    pub fn server_data(&mut self, data: &[u8]) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.replies.push(data);
+        while self.outcome.is_none() && matches!(self.state, State::Greeting | State::Ehlo { .. } | State::Helo | State::StartTls | State::Transaction { .. } | State::FinalReply) {
+            match self.replies.next_reply() {
+                None => return,
+                Some(Ok(reply)) => self.reply(reply),
+                Some(Err(e)) => self.malformed(e),
+            }
+        }
+    }
+
+    /// The connection ended (EOF or an error).
+    pub fn server_closed(&mut self) {
+        self.died(false);
+    }
+
+    /// The server did not answer (or take our bytes) in time.
+    pub fn timed_out(&mut self) {
+        self.died(true);
+    }
+
+    fn died(&mut self, timeout: bool) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let during = match self.state {
+            State::Greeting => "greeting",
+            State::Ehlo { .. } | State::Helo => "EHLO",
+            State::StartTls | State::Handshake => "STARTTLS",
+            _ => "",
+        };
+        if self.state == State::Handshake && self.attempt.tls == TlsWish::Require {
+            return self.finish(Outcome::TlsFailed(None), false);
+        }
+        if self.before_transaction() {
+            return self.finish(Outcome::Skip(Skip::Died { during, timeout }), false);
+        }
+        let after_dot = self.state == State::FinalReply;
+        self.final_verdict(Verdict::ConnectionDied { after_dot, timeout }, false);
+    }
+
+    fn malformed(&mut self, e: ReplyError) {
+        if self.before_transaction() {
+            self.finish(Outcome::Skip(Skip::Malformed(e)), true);
+        } else {
+            // After the final dot a garbled reply is not a 2xx: the
+            // message may or may not have been taken. Defer.
+            self.final_verdict(Verdict::Protocol(e.to_string()), true);
+        }
+    }
+
+    /// The TLS handshake the caller ran after [`Status::StartTls`] ended.
+    pub fn tls_done(&mut self, ok: bool) {
+        if self.state != State::Handshake || self.outcome.is_some() {
+            return;
+        }
+        if ok {
+            self.tls_active = true;
+            self.ext = Extensions::default();
+            // Anything the server sent in plaintext after its 220 could be
+            // an attacker's reply waiting to be read as if it came through
+            // TLS (the client side of STARTTLS injection): forget it.
+            self.replies = ReplyReader::new();
+            let helo = self.attempt.helo.clone();
+            self.send(&[b"EHLO ", helo.as_bytes()]);
+            self.state = State::Ehlo { after_tls: true };
+        } else {
+            // The connection is unusable after a failed handshake.
+            self.finish(Outcome::TlsFailed(None), false);
+        }
+    }
+
+    /// The caller has sent the whole encoded message and its terminator.
+    pub fn body_sent(&mut self) {
+        if self.state == State::Body && self.outcome.is_none() {
+            self.state = State::FinalReply;
+            // The reply may already be buffered.
+            self.server_data(&[]);
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        match self.state {
+            State::Greeting => self.greeting(reply),
+            State::Ehlo { after_tls } => self.ehlo(reply, after_tls),
+            State::Helo => {
+                if reply.code == 250 {
+                    self.ext = Extensions::default();
+                    self.after_hello();
+                } else {
+                    self.final_verdict(Verdict::HeloRejected(reply), true);
+                }
+            }
+            State::StartTls => {
+                if reply.code == 220 {
+                    self.state = State::Handshake;
+                } else if self.attempt.tls == TlsWish::Require {
+                    self.finish(Outcome::TlsFailed(Some(reply)), true);
+                } else {
+                    // Opportunistic: the server stays in plaintext.
+                    self.transaction();
+                }
+            }
+            State::Transaction { next } => self.transaction_reply(reply, next),
+            State::FinalReply => {
+                let verdict =
+                    if reply.is_positive() { Verdict::Delivered(reply) } else { Verdict::MessageRejected(reply) };
+                self.final_verdict(verdict, true);
+            }
+            State::Handshake | State::Body | State::Done => {}
+        }
+    }
+
+    fn greeting(&mut self, reply: Reply) {
+        if reply.code == 220 {
+            let helo = self.attempt.helo.clone();
+            self.send(&[b"EHLO ", helo.as_bytes()]);
+            self.state = State::Ehlo { after_tls: false };
+        } else if reply.is_transient() {
+            self.finish(Outcome::Skip(Skip::Greeting(reply)), true);
+        } else {
+            self.final_verdict(Verdict::GreetingFailed(reply), true);
+        }
+    }
+
+    fn ehlo(&mut self, reply: Reply, after_tls: bool) {
+        if reply.is_positive() {
+            self.ext = Extensions::from_ehlo(&reply);
+            if after_tls {
+                self.transaction();
+            } else {
+                self.after_hello();
+            }
+        } else if reply.is_transient() && !after_tls {
+            self.finish(Outcome::Skip(Skip::Ehlo(reply)), true);
+        } else {
+            // No ESMTP here (or a refusal after TLS): fall back to HELO.
+            let helo = self.attempt.helo.clone();
+            self.send(&[b"HELO ", helo.as_bytes()]);
+            self.state = State::Helo;
+        }
+    }
+
+    /// After the first EHLO (or HELO): STARTTLS if wanted and possible.
+    fn after_hello(&mut self) {
+        if self.tls_active || self.attempt.tls == TlsWish::Off {
+            return self.transaction();
+        }
+        if self.ext.starttls {
+            self.send(&[b"STARTTLS"]);
+            self.state = State::StartTls;
+        } else if self.attempt.tls == TlsWish::Require {
+            self.finish(Outcome::NoStartTls, true);
+        } else {
+            self.transaction();
+        }
+    }
+
+    /// Sends MAIL, and with PIPELINING also every RCPT and DATA.
+    fn transaction(&mut self) {
+        let facts = self.attempt.facts;
+        if let Some(limit) = self.ext.size {
+            if limit > 0 && facts.encoded_size > limit {
+                return self.final_verdict(Verdict::TooBig { size: facts.encoded_size, limit }, true);
+            }
+        }
+        if self.attempt.needs_smtputf8 && !self.ext.smtputf8 {
+            return self.final_verdict(Verdict::NeedsSmtputf8, true);
+        }
+        let mut mail = b"MAIL FROM:<".to_vec();
+        mail.extend_from_slice(&self.attempt.sender);
+        mail.push(b'>');
+        if self.ext.size.is_some() {
+            mail.extend_from_slice(format!(" SIZE={}", facts.encoded_size).as_bytes());
+        }
+        if facts.eight_bit && self.ext.eight_bit_mime {
+            mail.extend_from_slice(b" BODY=8BITMIME");
+        }
+        if self.attempt.needs_smtputf8 {
+            mail.extend_from_slice(b" SMTPUTF8");
+        }
+        self.send(&[&mail]);
+        self.pipelined = self.ext.pipelining;
+        if self.pipelined {
+            for i in 0..self.attempt.recipients.len() {
+                self.send_rcpt(i);
+            }
+            self.send(&[b"DATA"]);
+        }
+        self.state = State::Transaction { next: 0 };
+    }
+
+    fn send_rcpt(&mut self, i: usize) {
+        let mut line = b"RCPT TO:<".to_vec();
+        line.extend_from_slice(&self.attempt.recipients[i]);
+        line.push(b'>');
+        self.send(&[&line]);
+    }
+
+    fn accepted_any(&self) -> bool {
+        self.rcpt.contains(&RcptResult::Accepted)
+    }
+
+    /// The replies to MAIL (`next` = 0), the RCPTs (1..=n) and DATA (n+1).
+    fn transaction_reply(&mut self, reply: Reply, next: usize) {
+        let n = self.attempt.recipients.len();
+        self.state = State::Transaction { next: next + 1 };
+        if next == 0 {
+            let ok = reply.is_positive();
+            self.mail_reply = Some(reply);
+            if !ok && !self.pipelined {
+                let r = self.mail_reply.take().expect("just set");
+                return self.final_verdict(Verdict::SenderRejected(r), true);
+            }
+            if ok && !self.pipelined {
+                if n == 0 {
+                    return self.final_verdict(Verdict::NoRecipients { any_temporary: false }, true);
+                }
+                self.send_rcpt(0);
+            }
+            return;
+        }
+        if next <= n {
+            let i = next - 1;
+            self.rcpt[i] = if reply.is_positive() {
+                RcptResult::Accepted
+            } else if reply.is_permanent() {
+                RcptResult::Refused(reply)
+            } else {
+                RcptResult::Deferred(reply)
+            };
+            if !self.pipelined {
+                if i + 1 < n {
+                    self.send_rcpt(i + 1);
+                } else if self.accepted_any() {
+                    self.send(&[b"DATA"]);
+                } else {
+                    let any_temporary = self.rcpt.iter().any(|r| matches!(r, RcptResult::Deferred(_)));
+                    self.final_verdict(Verdict::NoRecipients { any_temporary }, true);
+                }
+            }
+            return;
+        }
+        // DATA's reply: with PIPELINING, only now is everything known.
+        let mail_ok = self.mail_reply.as_ref().is_some_and(Reply::is_positive);
+        let go_ahead = reply.code == 354;
+        if go_ahead && mail_ok && self.accepted_any() {
+            self.state = State::Body;
+            return;
+        }
+        if go_ahead {
+            // A server that says 354 to a transaction with no sender or no
+            // recipient: end the (empty) data before leaving, as RFC 2920
+            // asks, so that QUIT is not read as message text.
+            self.out.extend_from_slice(b".\r\n");
+        }
+        if !mail_ok {
+            let r = self.mail_reply.take().expect("MAIL replied first");
+            return self.final_verdict(Verdict::SenderRejected(r), true);
+        }
+        if !self.accepted_any() {
+            let any_temporary = self.rcpt.iter().any(|r| matches!(r, RcptResult::Deferred(_)));
+            return self.final_verdict(Verdict::NoRecipients { any_temporary }, true);
+        }
+        self.final_verdict(Verdict::DataRejected(reply), true);
+    }
+}
+
+#[cfg(test)]
+mod tests;
