@@ -33,7 +33,7 @@ mod testutil;
 pub use address::{AddressError, SmtpPath};
 pub use control::{Control, ControlError, TlsStrictness, TrustAnchors};
 pub use ipme::{Ipme, IpmeError};
-pub use report::{Final, RemoteText, Report, Stage, Verdict};
+pub use report::{Final, RemoteText, Report, Verdict};
 pub use routes::{Relay, Route, RouteTable, Routes, RoutesError};
 pub use tcpto::{Tcpto, TcptoError};
 

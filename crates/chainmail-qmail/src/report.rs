@@ -13,7 +13,9 @@
 //! always with exactly one final record, so that an early return or a failed
 //! write can never leave qmail-rspawn a half report (which it would read as
 //! a permanent failure with no text). [`Final`] has a constructor for every
-//! message of stock qmail-remote, byte for byte:
+//! message of stock qmail-remote, byte for byte. Whether a failure is
+//! temporary or permanent is decided by the caller (the SMTP dialogue's
+//! `Verdict::is_permanent`, the DNS error's `is_permanent`), never here:
 //!
 //! ```text
 //! r\0K127.0.0.1 accepted message.\nRemote host said: 250 2.0.0 queued\n\0
@@ -118,55 +120,6 @@ impl Verdict {
     }
 }
 
-/// The outcome of one recipient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecipientStatus {
-    /// `r`.
-    Accepted,
-    /// `s`.
-    RefusedTemporarily,
-    /// `h`.
-    RefusedPermanently,
-}
-
-impl RecipientStatus {
-    /// The status for the code of the reply to `RCPT TO` (stock qmail:
-    /// 5xx and up permanent, 4xx temporary, anything else accepted).
-    pub fn for_code(code: u16) -> RecipientStatus {
-        match code {
-            500.. => RecipientStatus::RefusedPermanently,
-            400..=499 => RecipientStatus::RefusedTemporarily,
-            _ => RecipientStatus::Accepted,
-        }
-    }
-
-    /// The record letter.
-    pub fn letter(self) -> u8 {
-        match self {
-            RecipientStatus::Accepted => b'r',
-            RecipientStatus::RefusedTemporarily => b's',
-            RecipientStatus::RefusedPermanently => b'h',
-        }
-    }
-}
-
-/// A step of the SMTP dialogue whose reply can end the delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// The greeting: anything but 220 defers.
-    Greeting,
-    /// `HELO` (or `EHLO`): anything but 250 defers.
-    Helo,
-    /// `MAIL FROM`: 5xx fails, 4xx defers, anything else goes on.
-    MailFrom,
-    /// `DATA`: 5xx fails, 4xx defers, anything else (even without 354)
-    /// goes on.
-    Data,
-    /// The reply after the final dot: 5xx fails, 4xx defers, anything else
-    /// delivers.
-    Message,
-}
-
 /// The message record: a verdict and its text.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Final {
@@ -247,32 +200,6 @@ impl Final {
         &self.text
     }
 
-    /// The classification of stock qmail-remote for the reply with code
-    /// `code` at `stage`, talking to `ip`: `None` means "go on".
-    pub fn for_reply(stage: Stage, ip: IpAddr, code: u16, reply: &RemoteText) -> Option<Final> {
-        let by_code = |prefix: &str, suffix: &str| -> Option<Final> {
-            let verdict = match code {
-                500.. => Verdict::Failed,
-                400..=499 => Verdict::Deferred,
-                _ => return None,
-            };
-            Some(Final::new(
-                verdict,
-                about_ip(prefix, ip, suffix, Some(reply)),
-            ))
-        };
-        match stage {
-            Stage::Greeting => (code != 220).then(|| Final::greeting_failed(ip, reply)),
-            Stage::Helo => (code != 250).then(|| Final::helo_rejected(ip, reply)),
-            Stage::MailFrom => by_code("Connected to ", " but sender was rejected"),
-            Stage::Data => by_code("", " failed on DATA command"),
-            Stage::Message => Some(
-                by_code("", " failed after I sent the message")
-                    .unwrap_or_else(|| Final::accepted(ip, reply)),
-            ),
-        }
-    }
-
     /// `ZConnected to IP but greeting failed.`
     pub fn greeting_failed(ip: IpAddr, reply: &RemoteText) -> Final {
         Final::new(
@@ -302,9 +229,12 @@ impl Final {
         )
     }
 
-    /// `DGiving up on IP.`: every recipient was refused.
-    pub fn giving_up(ip: IpAddr) -> Final {
-        Final::new(Verdict::Failed, about_ip("Giving up on ", ip, "", None))
+    /// `DGiving up on IP.`: every recipient was refused; `Z` when one of
+    /// the refusals was temporary (stock qmail always says `D` and relies
+    /// on qmail-rspawn to look at the first recipient record; with several
+    /// recipients that is not enough).
+    pub fn giving_up(ip: IpAddr, permanent: bool) -> Final {
+        Final::new(Verdict::failure(permanent), about_ip("Giving up on ", ip, "", None))
     }
 
     /// `D` or `ZIP failed on DATA command.`
@@ -475,19 +405,6 @@ impl Report {
     /// An empty report.
     pub fn new() -> Report {
         Report::default()
-    }
-
-    /// Adds the record of the next recipient, for the reply `code` to its
-    /// `RCPT TO` sent to `ip`, and returns its status. Ignored once the
-    /// final record is set.
-    pub fn recipient(&mut self, ip: IpAddr, code: u16, reply: &RemoteText) -> RecipientStatus {
-        let status = RecipientStatus::for_code(code);
-        match status {
-            RecipientStatus::Accepted => self.recipient_accepted(),
-            RecipientStatus::RefusedTemporarily => self.recipient_refused(ip, false, reply),
-            RecipientStatus::RefusedPermanently => self.recipient_refused(ip, true, reply),
-        }
-        status
     }
 
     /// Adds `r` for the next recipient.
@@ -719,12 +636,8 @@ mod tests {
     fn stock_success_example() {
         let lo = ip("127.0.0.1");
         let mut r = Report::new();
-        assert_eq!(
-            r.recipient(lo, 250, &reply("250 ok\r\n")),
-            RecipientStatus::Accepted
-        );
-        let last = Final::for_reply(Stage::Message, lo, 250, &reply("250 2.0.0 queued\r\n"));
-        assert!(r.conclude(last.expect("final")));
+        r.recipient_accepted();
+        assert!(r.conclude(Final::accepted(lo, &reply("250 2.0.0 queued\r\n"))));
         assert_eq!(
             finished(r),
             "r\0K127.0.0.1 accepted message.\nRemote host said: 250 2.0.0 queued\n\0"
@@ -735,9 +648,9 @@ mod tests {
     fn stock_rcpt_rejected_example() {
         let lo = ip("127.0.0.1");
         let mut r = Report::new();
-        r.recipient(lo, 550, &reply("550 5.1.1 no such user\r\n"));
+        r.recipient_refused(lo, true, &reply("550 5.1.1 no such user\r\n"));
         assert_eq!(r.accepted(), 0);
-        r.conclude(Final::giving_up(lo));
+        r.conclude(Final::giving_up(lo, true));
         let out = r.finish();
         assert_eq!(
             out,
@@ -756,113 +669,12 @@ mod tests {
     }
 
     #[test]
-    fn stage_table() {
-        let a = ip("192.0.2.1");
-        let said = "Remote host said: ";
-        // (stage, code, Some((letter, text without the reply)))
-        type Case<'a> = (Stage, u16, Option<(u8, &'a str)>);
-        let cases: &[Case] = &[
-            (Stage::Greeting, 220, None),
-            (
-                Stage::Greeting,
-                221,
-                Some((b'Z', "Connected to 192.0.2.1 but greeting failed.\n")),
-            ),
-            (
-                Stage::Greeting,
-                554,
-                Some((b'Z', "Connected to 192.0.2.1 but greeting failed.\n")),
-            ),
-            (Stage::Helo, 250, None),
-            (
-                Stage::Helo,
-                251,
-                Some((b'Z', "Connected to 192.0.2.1 but my name was rejected.\n")),
-            ),
-            (
-                Stage::Helo,
-                550,
-                Some((b'Z', "Connected to 192.0.2.1 but my name was rejected.\n")),
-            ),
-            (Stage::MailFrom, 250, None),
-            (Stage::MailFrom, 399, None),
-            (
-                Stage::MailFrom,
-                451,
-                Some((b'Z', "Connected to 192.0.2.1 but sender was rejected.\n")),
-            ),
-            (
-                Stage::MailFrom,
-                553,
-                Some((b'D', "Connected to 192.0.2.1 but sender was rejected.\n")),
-            ),
-            (Stage::Data, 354, None),
-            (Stage::Data, 250, None),
-            (
-                Stage::Data,
-                421,
-                Some((b'Z', "192.0.2.1 failed on DATA command.\n")),
-            ),
-            (
-                Stage::Data,
-                554,
-                Some((b'D', "192.0.2.1 failed on DATA command.\n")),
-            ),
-            (
-                Stage::Message,
-                250,
-                Some((b'K', "192.0.2.1 accepted message.\n")),
-            ),
-            (
-                Stage::Message,
-                399,
-                Some((b'K', "192.0.2.1 accepted message.\n")),
-            ),
-            (
-                Stage::Message,
-                452,
-                Some((b'Z', "192.0.2.1 failed after I sent the message.\n")),
-            ),
-            (
-                Stage::Message,
-                552,
-                Some((b'D', "192.0.2.1 failed after I sent the message.\n")),
-            ),
-            (
-                Stage::Message,
-                999,
-                Some((b'D', "192.0.2.1 failed after I sent the message.\n")),
-            ),
-        ];
-        let text = reply("xyz reply\r\n");
-        for (stage, code, want) in cases {
-            let got = Final::for_reply(*stage, a, *code, &text).map(|f| {
-                (
-                    f.verdict().letter(),
-                    String::from_utf8(f.text().to_vec()).expect("utf-8"),
-                )
-            });
-            let want = want.map(|(l, t)| (l, format!("{t}{said}xyz reply\n")));
-            assert_eq!(got, want, "{stage:?} {code}");
-        }
-    }
-
-    #[test]
     fn recipient_records() {
         let a = ip("2001:db8::1");
         let mut r = Report::new();
-        assert_eq!(
-            r.recipient(a, 250, &reply("250 ok\r\n")),
-            RecipientStatus::Accepted
-        );
-        assert_eq!(
-            r.recipient(a, 451, &reply("451 later\r\n")),
-            RecipientStatus::RefusedTemporarily
-        );
-        assert_eq!(
-            r.recipient(a, 550, &reply("550-no\r\n550 really\r\n")),
-            RecipientStatus::RefusedPermanently
-        );
+        r.recipient_accepted();
+        r.recipient_refused(a, false, &reply("451 later\r\n"));
+        r.recipient_refused(a, true, &reply("550-no\r\n550 really\r\n"));
         assert_eq!((r.recipients(), r.accepted()), (3, 1));
         r.conclude(Final::accepted(a, &reply("250 ok\r\n")));
         // Records after the final one are ignored.
@@ -889,7 +701,8 @@ mod tests {
                 Final::connection_died(a, true),
                 "ZConnected to 192.0.2.9 but connection died. Possible duplicate! (#4.4.2)\n",
             ),
-            (Final::giving_up(a), "DGiving up on 192.0.2.9.\n"),
+            (Final::giving_up(a, true), "DGiving up on 192.0.2.9.\n"),
+            (Final::giving_up(a, false), "ZGiving up on 192.0.2.9.\n"),
             (
                 Final::no_connection(),
                 "ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n",
@@ -1080,8 +893,8 @@ mod tests {
                 b'D',
             ),
             (Some(250), Final::connection_died(a, true), b'Z'),
-            (Some(451), Final::giving_up(a), b'Z'),
-            (Some(550), Final::giving_up(a), b'D'),
+            (Some(451), Final::giving_up(a, false), b'Z'),
+            (Some(550), Final::giving_up(a, true), b'D'),
             (None, Final::greeting_failed(a, &reply("554 go away")), b'Z'),
             (
                 None,
@@ -1093,8 +906,11 @@ mod tests {
         ];
         for (rcpt, last, want) in scenarios {
             let mut r = Report::new();
-            if let Some(code) = rcpt {
-                r.recipient(a, code, &reply("xxx reply"));
+            match rcpt {
+                Some(code) if code >= 500 => r.recipient_refused(a, true, &reply("xxx reply")),
+                Some(code) if code >= 400 => r.recipient_refused(a, false, &reply("xxx reply")),
+                Some(_) => r.recipient_accepted(),
+                None => {}
             }
             let text = last.text().to_vec();
             r.conclude(last);
