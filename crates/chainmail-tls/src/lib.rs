@@ -1,2 +1,29 @@
-//! TLS configuration and connection information for chainmail, on rustls.
+//! TLS for chainmail, on rustls with the aws-lc-rs provider.
+//!
+//! * [`TlsEnv`]: the server configuration from the s6 variables
+//!   (`CERTFILE`, `KEYFILE`, `CERTFILE:name`, `KEYFILE:name`, `CAFILE`,
+//!   `CADIR`), with SNI selection and optional client certificates.
+//! * [`keys`]: certificates, private keys and trust anchors from PEM or
+//!   DER files.
+//! * [`client`]: client configurations for SMTP delivery: opportunistic
+//!   or verified (trust anchors from a file, a directory, or built in).
+//! * [`Engine`]: the server side of a session between a network and an
+//!   application, without I/O, so that the relay can be tested in memory.
+//! * [`ConnectionInfo`]: the `SSL_*` record a UCSPI-TLS server sends back
+//!   after `Y`, with [`dn`] writing the peer's subject per RFC 4514.
 #![forbid(unsafe_code)]
+
+pub mod client;
+mod config;
+mod der;
+pub mod dn;
+pub mod engine;
+mod error;
+mod info;
+pub mod keys;
+
+pub use config::{ClientAuth, SniLevel, TlsEnv, provider};
+pub use engine::{Engine, EngineError, Policy, Step, Wants};
+pub use error::ConfigError;
+pub use info::{ConnectionInfo, certificate_hash, cipher_suite_name, protocol_name};
+pub use rustls;

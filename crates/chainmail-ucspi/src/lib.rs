@@ -5,8 +5,10 @@
 //! byte relay that uses `splice(2)` where the kernel allows it.
 //!
 //! This is the only crate of the workspace that contains `unsafe` code.
-//! It is confined to two operations: turning an inherited descriptor number
-//! into an owned descriptor ([`fd::adopt`]) and `fork(2)` ([`process::fork`]).
+//! It is confined to a few small functions: turning an inherited descriptor
+//! number into an owned descriptor ([`fd::adopt`], with [`fd::is_open`] and
+//! [`fd::dup_onto`]), `fork(2)` ([`process::fork`]), and one socket option
+//! nix does not wrap ([`net::quickack`]).
 //! Every other crate has `#![forbid(unsafe_code)]`.
 
 pub mod diag;

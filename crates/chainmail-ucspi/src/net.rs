@@ -18,6 +18,34 @@ pub fn set_nodelay(fd: &impl AsFd) -> bool {
     setsockopt(&fd.as_fd(), sockopt::TcpNoDelay, &true).is_ok()
 }
 
+/// Sends a delayed acknowledgement at once (`TCP_QUICKACK`). Returns
+/// `false` (and does nothing) when `fd` is not a TCP socket.
+///
+/// A TLS 1.3 server that sends no session tickets has nothing to say
+/// after the client's Finished, so the kernel delays the ACK (up to
+/// 40 ms). A client without `TCP_NODELAY` that writes its Finished and
+/// its first command separately then holds the command back (Nagle)
+/// until that ACK comes. Calling this right after reading the Finished
+/// removes the stall. The option is not sticky: the kernel may go back
+/// to delayed ACKs later, which is what we want for the rest of the
+/// session, where replies carry the ACKs.
+pub fn quickack(fd: &impl AsFd) -> bool {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt only reads `size_of::<c_int>()` bytes from the
+    // pointer, which points to `one`, alive for the whole call.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
 /// `shutdown(SHUT_WR)`: the peer reads EOF once it has read everything we
 /// sent. Errors other than a missing connection are returned.
 pub fn shutdown_write(fd: &impl AsFd) -> io::Result<()> {
@@ -57,5 +85,21 @@ pub fn drain(fd: &impl AsFd, deadline: Deadline) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quickack_only_on_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        assert!(quickack(&server));
+        assert!(quickack(&client));
+        let (a, _b) = crate::fd::socketpair().expect("socketpair");
+        assert!(!quickack(&a));
     }
 }

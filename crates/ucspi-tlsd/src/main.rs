@@ -1,4 +1,213 @@
 //! A UCSPI-TLS server: lets its application start TLS on demand.
+//!
+//! `ucspi-tlsd [options] prog...` runs under a UCSPI server with the
+//! network on fds 0 and 1. It forks: the parent execs prog with
+//! `SSLCTLFD`, `SSLREADFD` and `SSLWRITEFD` in its environment; the child
+//! is the TLS engine, which loads the key material, drops privileges and
+//! waits for prog to write `y` or `Y` on the control socket. See
+//! `doc/ucspi-tlsd.md`.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod options;
+mod session;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
+use chainmail_ucspi::process::{self, EnvChanges, Forked, PrivError};
+use chainmail_ucspi::{Deadline, diag, env, fd, net};
+use thiserror::Error;
+
+use crate::options::Config;
+use crate::session::{HandshakeError, RelayError, Session};
+
+/// Everything that ends ucspi-tlsd with a non-zero status.
+#[derive(Debug, Error)]
+enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("file descriptors 0 and 1 must be open (the network connection)")]
+    NoNetwork,
+    #[error("invalid control byte {0:#04x} (expected y or Y)")]
+    ControlByte(u8),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("unable to set up the TLS engine: {0}")]
+    Setup(#[source] chainmail_tls::rustls::Error),
+    #[error("unable to drop privileges: {0}")]
+    Privileges(#[from] PrivError),
+    #[error("unable to {what}: {source}")]
+    Sys { what: &'static str, source: io::Error },
+    #[error("unable to exec {prog}: {source}")]
+    Exec { prog: String, source: io::Error },
+    #[error("TLS handshake failed: {0}")]
+    Handshake(EngineError),
+    #[error("TLS handshake failed: timed out")]
+    HandshakeTimeout,
+    #[error("TLS error: {0}")]
+    Tls(EngineError),
+    #[error("unable to send the last data to the network: timed out")]
+    FlushTimeout,
+}
+
+impl Error {
+    /// The exit status: the one place where errors become numbers.
+    fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::NoNetwork | Error::ControlByte(_) => 100,
+            Error::Config(e) if e.is_engine_setup() => 97,
+            Error::Config(_) => 96,
+            Error::Setup(_) => 97,
+            Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => 98,
+            Error::Tls(e) if e.is_tls() => 98,
+            Error::Tls(_) | Error::Privileges(_) | Error::Sys { .. } | Error::Exec { .. } => 111,
+        }
+    }
+}
+
+fn sys(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Sys { what, source }
+}
+
+fn main() {
+    diag::set_program("ucspi-tlsd");
+    diag::abort_on_panic();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let config = match options::parse(args) {
+        Ok(c) => c,
+        Err(reason) => {
+            diag::fatal(format_args!("{reason}"));
+            let _ = io::Write::write_all(
+                &mut io::stderr().lock(),
+                format!("ucspi-tlsd: usage: {}\n", options::USAGE).as_bytes(),
+            );
+            std::process::exit(Error::Usage(reason).exit_code());
+        }
+    };
+    let code = match run(&config) {
+        Ok(()) => 0,
+        Err(e) => {
+            if config.verbosity >= 1 {
+                diag::fatal(format_args!("{e}"));
+            }
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Checks, forks, and becomes either prog (no return on success) or the
+/// TLS engine (returns when the session is over).
+fn run(config: &Config) -> Result<(), Error> {
+    if !fd::is_open(0) || !fd::is_open(1) {
+        return Err(Error::NoNetwork);
+    }
+    let tls_env = TlsEnv::from_env();
+    tls_env.check(config.sni, config.client_auth)?;
+
+    // prog reads plaintext from `to_app_r` and writes to `from_app_w`.
+    let (to_app_r, to_app_w) = fd::pipe().map_err(sys("create a pipe"))?;
+    let (from_app_r, from_app_w) = fd::pipe().map_err(sys("create a pipe"))?;
+    let (ctl_app, ctl_engine) = fd::socketpair().map_err(sys("create a socket pair"))?;
+
+    match process::fork().map_err(sys("fork"))? {
+        Forked::Parent { .. } => {
+            drop((to_app_w, from_app_r, ctl_engine));
+            exec_prog(config, ctl_app, to_app_r, from_app_w)
+        }
+        Forked::Child => {
+            drop((to_app_r, from_app_w, ctl_app));
+            engine(config, &tls_env, ctl_engine, from_app_r, to_app_w)
+        }
+    }
+}
+
+fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Result<(), Error> {
+    let mut changes = EnvChanges::new();
+    if !config.keep_env {
+        changes.remove_matching(env::is_tls_engine_var);
+    }
+    for (name, fd) in [(env::SSLCTLFD, &ctl), (env::SSLREADFD, &read), (env::SSLWRITEFD, &write)] {
+        fd::set_cloexec(fd, false).map_err(sys("clear close-on-exec"))?;
+        changes.set(name, fd.as_raw_fd().to_string());
+    }
+    let source = process::exec(&config.prog, &changes);
+    Err(Error::Exec { prog: config.prog[0].to_string_lossy().into_owned(), source })
+}
+
+/// The TLS engine: the child of prog.
+fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w: OwnedFd) -> Result<(), Error> {
+    let notice = |args: std::fmt::Arguments<'_>| {
+        if config.verbosity >= 2 {
+            diag::info(args);
+        }
+    };
+    let server_config = tls_env.server_config(config.sni, config.client_auth)?;
+    process::drop_to_tls_ids()?;
+
+    // The control socket: its other end lives as long as prog (or until
+    // prog closes it), so this blocking read is bounded by prog's life.
+    let mut byte = [0u8; 1];
+    if fd::read(&ctl, &mut byte).map_err(sys("read from the control socket"))? == 0 {
+        notice(format_args!("application declined TLS"));
+        return Ok(());
+    }
+    let ctl = match byte[0] {
+        b'y' => {
+            drop(ctl);
+            None
+        }
+        b'Y' => {
+            net::shutdown_read(&ctl).map_err(sys("shut down the control socket"))?;
+            Some(ctl)
+        }
+        other => return Err(Error::ControlByte(other)),
+    };
+
+    // prog no longer uses the network: it is ours, and non-blocking.
+    let net_r = fd::adopt(0).map_err(sys("take over fd 0"))?;
+    let net_w = fd::adopt(1).map_err(sys("take over fd 1"))?;
+    for fd in [&net_r, &net_w, &app_r, &app_w] {
+        fd::set_nonblocking(fd, true).map_err(sys("set a descriptor non-blocking"))?;
+    }
+    net::set_nodelay(&net_w);
+
+    let mut engine = Engine::new(server_config, config.policy).map_err(Error::Setup)?;
+    let mut session = Session::new(net_r, net_w, app_r, app_w);
+    let deadline = Deadline::after_millis_or_never(config.handshake_timeout_ms);
+    if let Err(e) = session.handshake(&mut engine, deadline) {
+        session.abort(&mut engine);
+        return Err(match e {
+            HandshakeError::Engine(e) => Error::Handshake(e),
+            HandshakeError::Timeout => Error::HandshakeTimeout,
+            HandshakeError::Poll(e) => Error::Sys { what: "poll", source: e },
+        });
+    }
+
+    session.ack_now();
+
+    let info = ConnectionInfo::of(engine.connection());
+    if config.verbosity >= 2 {
+        let protocol = info.protocol.and_then(chainmail_tls::protocol_name).unwrap_or("?");
+        let cipher = info.cipher.map(chainmail_tls::cipher_suite_name).unwrap_or_default();
+        let sni = info.server_name.unwrap_or("");
+        notice(format_args!("TLS handshake done: {protocol} {cipher} sni={sni}"));
+    }
+    if let Some(ctl) = ctl {
+        fd::write_all(&ctl, &info.encode()).map_err(sys("write to the control socket"))?;
+        drop(ctl);
+    }
+
+    if let Err(e) = session.relay(&mut engine) {
+        session.abort(&mut engine);
+        return Err(match e {
+            RelayError::Engine(e) => Error::Tls(e),
+            RelayError::FlushTimeout => Error::FlushTimeout,
+            RelayError::Poll(e) => Error::Sys { what: "poll", source: e },
+        });
+    }
+    session.drain();
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Certificates and private keys from files, PEM or DER.
+//!
+//! The format is sniffed: a file containing a `-----BEGIN ` line is PEM
+//! (text before, between and after the sections is ignored, as OpenSSL
+//! does), anything else is DER. DER certificate files may hold several
+//! certificates back to back; a DER private key is recognised by its
+//! structure as PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+};
+
+use crate::der::{Reader, tag};
+use crate::error::ConfigError;
+
+fn is_pem(data: &[u8]) -> bool {
+    data.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
+/// Parses every certificate in `data` (PEM or DER), in order. Fails if
+/// there is none or the data is malformed.
+pub fn parse_certificates(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut certs = Vec::new();
+    if is_pem(data) {
+        for c in CertificateDer::pem_slice_iter(data) {
+            certs.push(c.map_err(|e| format!("invalid PEM: {e}"))?);
+        }
+    } else {
+        let mut r = Reader::new(data);
+        while !r.is_empty() {
+            match r.next_tlv() {
+                Some(t) if t.tag == tag::SEQUENCE => certs.push(CertificateDer::from(t.raw.to_vec())),
+                _ => return Err("neither PEM nor DER certificates".to_owned()),
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err("no certificate found".to_owned());
+    }
+    Ok(certs)
+}
+
+/// Parses the first private key in `data`: PEM (`PRIVATE KEY`,
+/// `RSA PRIVATE KEY`, `EC PRIVATE KEY`) or DER (PKCS#8, PKCS#1, SEC1).
+pub fn parse_private_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    if is_pem(data) {
+        return PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound if data.windows(9).any(|w| w == b"ENCRYPTED") => {
+                "encrypted private keys are not supported".to_owned()
+            }
+            rustls_pki_types::pem::Error::NoItemsFound => "no private key found".to_owned(),
+            e => format!("invalid PEM: {e}"),
+        });
+    }
+    der_private_key(data).ok_or_else(|| "neither a PEM nor a DER private key".to_owned())
+}
+
+/// Tells the three DER key structures apart by their second element:
+/// PKCS#8 has an AlgorithmIdentifier (SEQUENCE), PKCS#1 the modulus
+/// (INTEGER), SEC1 the private key itself (OCTET STRING).
+fn der_private_key(data: &[u8]) -> Option<PrivateKeyDer<'static>> {
+    let mut outer = Reader::new(data);
+    let seq = outer.expect(tag::SEQUENCE)?;
+    if !outer.is_empty() {
+        return None;
+    }
+    let mut r = Reader::new(seq.value);
+    r.expect(tag::INTEGER)?;
+    let bytes = data.to_vec();
+    Some(match r.next_tlv()?.tag {
+        tag::SEQUENCE => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes)),
+        tag::INTEGER => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(bytes)),
+        tag::OCTET_STRING => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(bytes)),
+        _ => return None,
+    })
+}
+
+fn read(var: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read { var: var.to_owned(), path: path.to_owned(), source })
+}
+
+/// Reads the certificate chain named by variable `var` (leaf first).
+pub fn load_certificates(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let data = read(var, path)?;
+    parse_certificates(&data).map_err(|reason| ConfigError::Parse { var: var.to_owned(), path: path.to_owned(), reason })
+}
+
+/// Reads the private key named by variable `var`. The file's bytes are
+/// overwritten before they are freed; the parsed key clears itself on drop.
+pub fn load_private_key(var: &str, path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let mut data = read(var, path)?;
+    let key = parse_private_key(&data);
+    data.fill(0);
+    std::hint::black_box(&data);
+    key.map_err(|reason| ConfigError::Parse { var: var.to_owned(), path: path.to_owned(), reason })
+}
+
+/// The trust anchors in a directory: every file, PEM or DER, one or more
+/// certificates each; unreadable or unparsable files (hash links to
+/// nowhere, CRLs) are skipped. `var` names the setting in errors.
+pub fn trust_anchors_from_dir(var: &'static str, dir: &Path) -> Result<rustls::RootCertStore, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| ConfigError::Read { var: var.to_owned(), path: dir.to_owned(), source })?;
+    for entry in entries.flatten() {
+        let Ok(data) = std::fs::read(entry.path()) else { continue };
+        if let Ok(certs) = parse_certificates(&data) {
+            roots.add_parsable_certificates(certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConfigError::NoTrustAnchors { var, path: dir.to_owned() });
+    }
+    Ok(roots)
+}
+
+/// The trust anchors in a PEM bundle. `var` names the setting in errors.
+pub fn trust_anchors_from_file(var: &'static str, file: &Path) -> Result<rustls::RootCertStore, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(load_certificates(var, file)?);
+    if roots.is_empty() {
+        return Err(ConfigError::NoTrustAnchors { var, path: file.to_owned() });
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAIN_PEM: &[u8] = include_bytes!("../testdata/server-ec.chain.pem");
+    const CERT_DER: &[u8] = include_bytes!("../testdata/server-ec.der");
+
+    #[test]
+    fn certificates_pem_and_der() {
+        let chain = parse_certificates(CHAIN_PEM).expect("pem chain");
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[0].as_ref(), CERT_DER);
+        let one = parse_certificates(CERT_DER).expect("der");
+        assert_eq!(one.len(), 1);
+        let mut two = CERT_DER.to_vec();
+        two.extend_from_slice(CERT_DER);
+        assert_eq!(parse_certificates(&two).expect("two der").len(), 2);
+        // Text around PEM sections is ignored.
+        let mut noisy = b"Bag Attributes\n  friendlyName: x\n".to_vec();
+        noisy.extend_from_slice(CHAIN_PEM);
+        assert_eq!(parse_certificates(&noisy).expect("noisy").len(), 2);
+    }
+
+    #[test]
+    fn certificate_errors() {
+        assert!(parse_certificates(b"").is_err());
+        assert!(parse_certificates(b"hello").is_err());
+        assert!(parse_certificates(&CERT_DER[..CERT_DER.len() - 1]).is_err());
+        let key_only = include_bytes!("../testdata/server-ec.key");
+        assert_eq!(parse_certificates(key_only).expect_err("key only"), "no certificate found");
+        assert!(parse_certificates(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").is_err());
+    }
+
+    #[test]
+    fn every_key_encoding() {
+        for (data, kind) in [
+            (&include_bytes!("../testdata/server-ec.key")[..], "pkcs8"),
+            (include_bytes!("../testdata/server-ec.pk8.der"), "pkcs8"),
+            (include_bytes!("../testdata/server-ec.sec1.pem"), "sec1"),
+            (include_bytes!("../testdata/server-ec.sec1.der"), "sec1"),
+            (include_bytes!("../testdata/server-rsa.key"), "pkcs8"),
+            (include_bytes!("../testdata/server-rsa.pkcs1.pem"), "pkcs1"),
+            (include_bytes!("../testdata/server-rsa.pkcs1.der"), "pkcs1"),
+        ] {
+            let key = parse_private_key(data).expect(kind);
+            let got = match key {
+                PrivateKeyDer::Pkcs8(_) => "pkcs8",
+                PrivateKeyDer::Pkcs1(_) => "pkcs1",
+                PrivateKeyDer::Sec1(_) => "sec1",
+                _ => "other",
+            };
+            assert_eq!(got, kind);
+        }
+    }
+
+    #[test]
+    fn key_errors() {
+        assert!(parse_private_key(b"").is_err());
+        assert!(parse_private_key(CERT_DER).is_err());
+        assert_eq!(parse_private_key(CHAIN_PEM).expect_err("certs only"), "no private key found");
+        let enc = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert_eq!(parse_private_key(enc).expect_err("encrypted"), "encrypted private keys are not supported");
+    }
+
+    #[test]
+    fn load_errors_name_the_variable_and_file() {
+        let e = load_certificates("CERTFILE", Path::new("/nonexistent/cert.pem")).expect_err("missing");
+        let msg = e.to_string();
+        assert!(msg.starts_with("unable to read CERTFILE=/nonexistent/cert.pem: "), "{msg}");
+        assert!(!e.is_engine_setup());
+    }
+}

@@ -1,0 +1,189 @@
+//! qmail-remote: qmail's remote delivery program, for qmail, netqmail and
+//! notqmail (`/var/qmail/bin/qmail-remote`, or through `QMAILREMOTE`).
+//!
+//! `qmail-remote host sender recip...` with the message on fd 0. It plans
+//! the delivery (control files, smtproutes, DNS, this host's addresses),
+//! connects to one address after another, and runs qmail-remote-io on each
+//! connected socket to hold the SMTP dialogue. Its standard output carries
+//! only the report records qmail-rspawn reads; it always exits 0, and it
+//! never writes to stderr (qmail-rspawn reads that too).
+#![forbid(unsafe_code)]
+
+mod attempt;
+mod connect;
+mod plan;
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
+use chainmail_qmail::remote_io::TlsMode;
+use chainmail_qmail::tcpto::{Tcpto, unix_now};
+use chainmail_qmail::{Final, Report, Verdict};
+use chainmail_smtp::data::{MessageFacts, MessageScanner};
+
+use crate::attempt::{Attempted, Job};
+use crate::connect::{ConnectError, connect_within};
+use crate::plan::Target;
+
+fn report_of(f: Final) -> Vec<u8> {
+    let mut r = Report::new();
+    r.conclude(f);
+    r.finish()
+}
+
+/// Reads the whole message once: its size as sent, whether it has 8-bit
+/// bytes, whether it ends with a line end. Then rewinds it.
+fn scan_message() -> Result<MessageFacts, Final> {
+    let stdin = std::io::stdin();
+    let fd0 = stdin.as_fd();
+    let mut scanner = MessageScanner::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match chainmail_ucspi::fd::read(&fd0, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => scanner.scan(&buf[..n]),
+            Err(_) => return Err(Final::unreadable_message()),
+        }
+    }
+    nix::unistd::lseek(fd0, 0, nix::unistd::Whence::SeekSet).map_err(|_| Final::unreadable_message())?;
+    let facts = scanner.finish();
+    if facts.partial_final_line {
+        return Err(Final::partial_line());
+    }
+    Ok(facts)
+}
+
+/// The TLS modes of the passes over the addresses, from
+/// `control/tlsstrictness` and `control/trustanchors`.
+fn passes(control: &Control) -> Result<Vec<TlsMode>, Final> {
+    if control.trust_anchors == TrustAnchors::None {
+        if control.tls_strictness == TlsStrictness::Required {
+            // Never fall back to plaintext because a file is missing.
+            return Err(Final::custom(
+                Verdict::Deferred,
+                b"control/tlsstrictness asks for verified TLS but control/trustanchors is empty. (#4.3.0)\n",
+            ));
+        }
+        return Ok(vec![TlsMode::Off]);
+    }
+    Ok(match control.tls_strictness {
+        TlsStrictness::Opportunistic => vec![TlsMode::Try],
+        TlsStrictness::Preferred => vec![TlsMode::Require, TlsMode::Off],
+        TlsStrictness::Required => vec![TlsMode::Verify],
+    })
+}
+
+fn describe(t: &Target) -> String {
+    chainmail_qmail::report::fmt_ip(t.ip)
+}
+
+/// Tries the targets, pass after pass, until one gives a final report.
+fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
+    let passes = match passes(job.control) {
+        Ok(p) => p,
+        Err(f) => return report_of(f),
+    };
+    let tcpto = Tcpto::new(&job.control.home);
+    let pid = std::process::id();
+    let mut notes: Vec<String> = Vec::new();
+    // Targets that talked SMTP but not TLS, for the plaintext pass of
+    // tlsstrictness 1.
+    let mut without_tls: Vec<&Target> = Vec::new();
+    for (pass, &mode) in passes.iter().enumerate() {
+        let list: Vec<&Target> = if pass == 0 { targets.iter().collect() } else { std::mem::take(&mut without_tls) };
+        for target in list {
+            if pass == 0 && tcpto.should_skip(target.ip, unix_now(), pid).unwrap_or(false) {
+                notes.push(format!("{}: skipped, it timed out recently", describe(target)));
+                continue;
+            }
+            let mut mode = mode;
+            // At most two dialogues per address: a failed opportunistic
+            // handshake is retried once in plaintext.
+            for _ in 0..2 {
+                let sock = match connect_within(target.ip, target.port, job.control.timeout_connect) {
+                    Ok(s) => {
+                        let _ = tcpto.record(target.ip, unix_now(), false);
+                        s
+                    }
+                    Err(e) => {
+                        let _ = tcpto.record(target.ip, unix_now(), matches!(e, ConnectError::TimedOut));
+                        notes.push(format!("{}: {e}", describe(target)));
+                        break;
+                    }
+                };
+                match attempt::run(job, target, mode, sock) {
+                    Attempted::Final(out) => return out,
+                    Attempted::Next(why) => notes.push(why),
+                    Attempted::NoStartTls(why) => {
+                        notes.push(why);
+                        without_tls.push(target);
+                    }
+                    Attempted::TlsFailed(why) => {
+                        notes.push(why);
+                        if mode == TlsMode::Try {
+                            // tlsstrictness 0: a failed handshake falls back
+                            // to plaintext, not to a deferral.
+                            mode = TlsMode::Off;
+                            continue;
+                        }
+                        without_tls.push(target);
+                    }
+                }
+                break;
+            }
+        }
+    }
+    let mut text = String::from("Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n");
+    if passes == [TlsMode::Verify] && !notes.is_empty() {
+        text.push_str("(tlsstrictness 2: only servers with verified TLS are used)\n");
+    }
+    for n in notes.iter().take(12) {
+        text.push_str(n);
+        text.push('\n');
+    }
+    report_of(Final::custom(Verdict::Deferred, text.as_bytes()))
+}
+
+fn run(args: &[OsString]) -> Vec<u8> {
+    let [host, sender, recipients @ ..] = args else {
+        return report_of(Final::usage());
+    };
+    if recipients.is_empty() {
+        return report_of(Final::usage());
+    }
+    let home = chainmail_qmail::control::qmail_home_from_env();
+    if std::env::set_current_dir(&home).is_err() {
+        return report_of(Final::no_home());
+    }
+    let control = match Control::load(&home) {
+        Ok(c) => c,
+        Err(_) => return report_of(Final::unreadable_control()),
+    };
+    let facts = match scan_message() {
+        Ok(f) => f,
+        Err(f) => return report_of(f),
+    };
+    let targets = match plan::plan(host.as_bytes(), &control) {
+        Ok(t) => t,
+        Err(f) => return report_of(f),
+    };
+    let program = attempt::io_program();
+    let job = Job { control: &control, facts, sender, recipients, program: &program };
+    deliver(&job, &targets)
+}
+
+fn main() -> ExitCode {
+    // qmail-rspawn reads fd 2 as part of the report: a panic must not print
+    // anything. The abort (a signal) makes qmail-rspawn report
+    // "Zqmail-remote crashed."
+    std::panic::set_hook(Box::new(|_| std::process::abort()));
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let out = run(&args);
+    // One write(2) on fd 1 (std's stdout is line-buffered and would cut
+    // the report at its newlines): the report is complete or absent.
+    let _ = chainmail_ucspi::fd::write_all(&std::io::stdout().as_fd(), &out);
+    ExitCode::SUCCESS
+}
