@@ -27,5 +27,5 @@ mod servers;
 
 pub use error::DnsError;
 pub use plan::{Exchanger, Source, parse_literal};
-pub use resolver::{ATTEMPT_TIMEOUT, ATTEMPTS_WITHOUT_DEADLINE, Resolver};
+pub use resolver::{ATTEMPT_TIMEOUT, ATTEMPTS_WITHOUT_DEADLINE, BACKUP_GRACE, Resolver};
 pub use servers::{DNS_PORT, DNSCACHEIP, FromEnvError, RESOLV_CONF, Servers, ServersError};

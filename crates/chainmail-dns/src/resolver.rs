@@ -40,6 +40,13 @@ const RETRY_PACE: Duration = Duration::from_millis(500);
 /// follow itself.
 const MAX_CHASES: u32 = 8;
 
+/// How long the lookups of the other exchangers may go on once every
+/// exchanger of the best preference has been looked up and at least one
+/// has an address. A backup MX whose name servers do not answer must not
+/// hold every delivery until `timeoutdns`: the best ones are known, the
+/// backups are only a fallback.
+pub const BACKUP_GRACE: Duration = Duration::from_secs(2);
+
 type Pool = NameServerPool<TokioRuntimeProvider>;
 
 /// A synchronous DNS client for one qmail-remote run.
@@ -139,7 +146,7 @@ impl Resolver {
         let name = plan::to_fqdn(host)?;
         let pool = self.pool.clone();
         let addrs = self.runtime.block_on(async move {
-            let mut all = addresses(pool, vec![name], deadline).await;
+            let mut all = addresses(pool, vec![name], &[0], deadline).await;
             all.pop().unwrap_or(Addrs { v6: pending(), v4: pending() })
         });
         match plan::combine(&addrs) {
@@ -184,12 +191,16 @@ async fn plan_mx(
             })
             .unzip(),
     };
-    let addrs = addresses(pool, names, deadline).await;
+    let prefs: Vec<u16> = candidates.iter().map(|c| c.pref).collect();
+    let addrs = addresses(pool, names, &prefs, deadline).await;
     plan::assemble(host, candidates, &addrs, rng)
 }
 
-/// The AAAA and A outcomes of every name, all queried at once.
-async fn addresses(pool: Pool, names: Vec<Name>, deadline: Option<Instant>) -> Vec<Addrs> {
+/// The AAAA and A outcomes of every name, all queried at once. `prefs`
+/// gives each name's MX preference: once the names of the lowest
+/// preference are all done and one of them has an address, the others get
+/// [`BACKUP_GRACE`] more, then count as temporary failures.
+async fn addresses(pool: Pool, names: Vec<Name>, prefs: &[u16], deadline: Option<Instant>) -> Vec<Addrs> {
     let mut tasks = JoinSet::new();
     for (i, name) in names.iter().enumerate() {
         for qtype in [RecordType::AAAA, RecordType::A] {
@@ -198,7 +209,21 @@ async fn addresses(pool: Pool, names: Vec<Name>, deadline: Option<Instant>) -> V
         }
     }
     let mut out: Vec<Addrs> = names.iter().map(|_| Addrs { v6: pending(), v4: pending() }).collect();
-    while let Some(joined) = tasks.join_next().await {
+    let mut done = vec![0u8; names.len()];
+    let best = prefs.iter().copied().min().unwrap_or(0);
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        let joined = match grace {
+            None => tasks.join_next().await,
+            Some(until) => match tokio::time::timeout_at(until, tasks.join_next()).await {
+                Ok(j) => j,
+                Err(_) => {
+                    tasks.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         // A task cannot fail but by a panic; its slot stays "pending".
         let Ok((i, qtype, outcome)) = joined else { continue };
         let Some(slot) = out.get_mut(i) else { continue };
@@ -213,12 +238,36 @@ async fn addresses(pool: Pool, names: Vec<Name>, deadline: Option<Instant>) -> V
                 _ => None,
             });
         }
+        done[i] += 1;
+        if grace.is_none() {
+            let best_group = || (0..names.len()).filter(|&j| prefs.get(j) == Some(&best));
+            let group_done = best_group().all(|j| done[j] == 2);
+            let group_found = best_group().any(|j| plan::combine(&out[j]).is_ok());
+            if group_done && group_found {
+                grace = Some(tokio::time::Instant::now() + BACKUP_GRACE);
+            }
+        }
+    }
+    for a in &mut out {
+        mark_cut(&mut a.v6);
+        mark_cut(&mut a.v4);
     }
     out
 }
 
+/// A lookup that never completed because the grace period ended says so.
+fn mark_cut<T>(o: &mut Outcome<T>) {
+    if let Outcome::Temporary(d) = o {
+        if d == PENDING {
+            *d = "no answer while the better exchangers were ready".to_owned();
+        }
+    }
+}
+
+const PENDING: &str = "lookup did not complete";
+
 fn pending<T>() -> Outcome<T> {
-    Outcome::Temporary("lookup did not complete".to_owned())
+    Outcome::Temporary(PENDING.to_owned())
 }
 
 /// `f`, cut at `deadline`.

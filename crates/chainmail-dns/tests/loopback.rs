@@ -479,3 +479,36 @@ stuck.part.test DROP
         "stuck.part.test: no answer within the DNS deadline",
     );
 }
+
+#[test]
+fn a_silent_backup_exchanger_does_not_hold_the_delivery() {
+    let _shared = shared();
+    let server = DnsServer::start(
+        "
+slowbackup.test MX 10 good.slowbackup.test
+slowbackup.test MX 20 silent.slowbackup.test
+good.slowbackup.test A 192.0.2.50
+good.slowbackup.test AAAA 2001:db8::50
+silent.slowbackup.test DROP
+",
+    );
+    let t0 = Instant::now();
+    let list = ok(resolver(&server).plan_mx("slowbackup.test", within(30_000)));
+    let took = t0.elapsed();
+    assert_eq!(names(&list), ["good.slowbackup.test"]);
+    assert!(took < chainmail_dns::BACKUP_GRACE + Duration::from_millis(1500), "{took:?}");
+    // When the best exchanger has no address yet, the backup is waited
+    // for (here: until the deadline, as nothing answers for it).
+    let server = DnsServer::start(
+        "
+slowbest.test MX 10 silent.slowbest.test
+slowbest.test MX 20 good.slowbest.test
+good.slowbest.test A 192.0.2.51
+silent.slowbest.test DROP
+",
+    );
+    let t0 = Instant::now();
+    let list = ok(resolver(&server).plan_mx("slowbest.test", within(1500)));
+    assert_eq!(names(&list), ["good.slowbest.test"]);
+    assert!(t0.elapsed() >= Duration::from_millis(1400), "{:?}", t0.elapsed());
+}
