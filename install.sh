@@ -88,6 +88,20 @@ put() {
     say "installed $dst"
 }
 
+# qmail-remote keeps smtproutes.cdb and tcpto6 in run/qmail-remote, which
+# must be writable by the user it runs as (qmailr, when that user exists).
+make_run_dir() {
+    run=$qmail_home/run/qmail-remote
+    mkdir -p "$run"
+    chmod 2750 "$qmail_home/run" "$run"
+    if id qmailr >/dev/null 2>&1; then
+        group=$(id -gn qmailr)
+        chown root:"$group" "$qmail_home/run"
+        chown qmailr:"$group" "$run"
+    fi
+    say "created $run"
+}
+
 if [ "$build" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is needed to build (https://rustup.rs)"
     (cd "$top" && cargo build --release --locked $(for b in $BINARIES; do printf -- '-p %s ' "$b"; done)) \
@@ -123,6 +137,7 @@ case $qmail_mode in
         put "$target/qmail-remote" "$bin/qmail-remote"
         force=$saved_force
         put "$target/qmail-remote-io" "$bin/qmail-remote-io"
+        make_run_dir
         say "undo with: $0 --qmail-undo $qmail_home"
         ;;
     qmail-beside)
@@ -130,6 +145,7 @@ case $qmail_mode in
         [ -d "$bin" ] || die "$bin is not a directory: is qmail installed in $qmail_home?"
         put "$target/qmail-remote" "$bin/qmail-remote-chainmail"
         put "$target/qmail-remote-io" "$bin/qmail-remote-io"
+        make_run_dir
         say "set QMAILREMOTE=$bin/qmail-remote-chainmail in qmail-send's environment (notqmail >= 1.08)"
         ;;
     qmail-undo)
