@@ -483,6 +483,13 @@ impl Engine {
         self.outbound == Outbound::ShutdownDue
     }
 
+    /// Whether everything the application sent has left and the
+    /// network's write side is shut down: from here on, nothing the peer
+    /// does can lose data of ours.
+    pub fn output_done(&self) -> bool {
+        self.outbound == Outbound::Done
+    }
+
     /// Records that the network's write side is shut down.
     pub fn net_shutdown_done(&mut self) {
         self.outbound = Outbound::Done;

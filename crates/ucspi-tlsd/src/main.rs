@@ -201,6 +201,18 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     }
 
     if let Err(e) = session.relay(&mut engine) {
+        // After the application's last byte has left and the write side
+        // is shut down, a peer's alert is only a comment on how the
+        // session ended: OpenSSL 3 sends one when EOF comes without
+        // close_notify, which is what -s (the default) does. Nothing was
+        // lost; it is not an error of this session.
+        if let RelayError::Engine(EngineError::Tls(chainmail_tls::rustls::Error::AlertReceived(alert))) = &e {
+            if engine.output_done() {
+                notice(format_args!("peer sent {alert:?} after the end of the session"));
+                session.drain();
+                return Ok(());
+            }
+        }
         session.abort(&mut engine);
         return Err(match e {
             RelayError::Engine(e) => Error::Tls(e),
