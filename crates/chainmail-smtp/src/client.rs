@@ -152,7 +152,12 @@ pub enum Verdict {
         timeout: bool,
     },
     /// The server broke the protocol during the transaction.
-    Protocol(String),
+    Protocol {
+        /// What was wrong.
+        detail: String,
+        /// The final dot had been sent: the server may have the message.
+        after_dot: bool,
+    },
 }
 
 impl Verdict {
@@ -167,7 +172,7 @@ impl Verdict {
             Verdict::TooBig { .. } | Verdict::NeedsSmtputf8 => true,
             // Stock qmail defers these whatever the code.
             Verdict::GreetingFailed(_) | Verdict::HeloRejected(_) => false,
-            Verdict::ConnectionDied { .. } | Verdict::Protocol(_) => false,
+            Verdict::ConnectionDied { .. } | Verdict::Protocol { .. } => false,
         }
     }
 
@@ -371,7 +376,8 @@ impl Client {
         } else {
             // After the final dot a garbled reply is not a 2xx: the
             // message may or may not have been taken. Defer.
-            self.final_verdict(Verdict::Protocol(e.to_string()), true);
+            let after_dot = self.state == State::FinalReply;
+            self.final_verdict(Verdict::Protocol { detail: e.to_string(), after_dot }, true);
         }
     }
 

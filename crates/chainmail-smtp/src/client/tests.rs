@@ -348,7 +348,7 @@ fn garbage_after_the_dot_is_never_delivered() {
         s.final_reply = "2x0 whatever\r\n";
         (Client::new(attempt(&["a@y"], TlsWish::Off)), s)
     }, true);
-    let Outcome::Final { verdict: v @ Verdict::Protocol(_), .. } = &o else { panic!("{o:?}") };
+    let Outcome::Final { verdict: v @ Verdict::Protocol { after_dot: true, .. }, .. } = &o else { panic!("{o:?}") };
     assert!(!v.is_permanent() && !v.is_delivered());
 }
 
