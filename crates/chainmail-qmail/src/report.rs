@@ -261,6 +261,17 @@ impl Final {
         )
     }
 
+    /// `DSorry, the sender address is invalid: REASON. (#5.1.7)`: it would
+    /// break the `MAIL` command.
+    pub fn invalid_sender(reason: &str) -> Final {
+        Final::new(Verdict::Failed, format!("Sorry, the sender address is invalid: {reason}. (#5.1.7)\n").into_bytes())
+    }
+
+    /// `DSorry, none of the recipient addresses is valid. (#5.1.3)`
+    pub fn no_valid_recipient() -> Final {
+        Final::fixed(Verdict::Failed, "Sorry, none of the recipient addresses is valid. (#5.1.3)\n")
+    }
+
     /// `ZConnected to IP but connection died. (#4.4.2)`, with `Possible
     /// duplicate! ` before the code once the final dot has been sent.
     pub fn connection_died(ip: IpAddr, possible_duplicate: bool) -> Final {
@@ -422,6 +433,14 @@ impl Report {
             letter,
             &about_ip("", ip, " does not like recipient", Some(reply)),
         );
+    }
+
+    /// Adds `h` for the next recipient, whose address cannot be sent at
+    /// all (it would break the SMTP command): `Sorry, this recipient
+    /// address is invalid: REASON. (#5.1.3)`.
+    pub fn recipient_invalid(&mut self, reason: &str) {
+        let text = sanitize(format!("Sorry, this recipient address is invalid: {reason}. (#5.1.3)").as_bytes());
+        self.push(b'h', &text);
     }
 
     fn push(&mut self, letter: u8, text: &[u8]) -> bool {

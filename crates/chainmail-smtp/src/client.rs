@@ -363,6 +363,15 @@ impl Client {
         if self.state == State::Handshake && self.attempt.tls == TlsWish::Require {
             return self.finish(Outcome::TlsFailed(None), false);
         }
+        // The handshake completed and the connection ended before the
+        // first reply through TLS: the server rejected our side of TLS. A
+        // TLS 1.3 server that refuses the client's certificate (or has none
+        // it wants) only says so after the client has finished its side of
+        // the handshake, with an alert or by hanging up. A TLS failure, so
+        // that opportunistic TLS falls back to plaintext.
+        if self.tls_active && matches!(self.state, State::Ehlo { after_tls: true } | State::Helo) {
+            return self.finish(Outcome::TlsFailed(None), false);
+        }
         if self.before_transaction() {
             return self.finish(Outcome::Skip(Skip::Died { during, timeout }), false);
         }
@@ -554,6 +563,12 @@ impl Client {
         }
         if next <= n {
             let i = next - 1;
+            // With PIPELINING the RCPTs went out before MAIL's reply came:
+            // when MAIL failed, their replies (`503 need MAIL`) say nothing
+            // about the recipients and must not become recipient results.
+            if self.pipelined && !self.mail_reply.as_ref().is_some_and(Reply::is_positive) {
+                return;
+            }
             self.rcpt[i] = if reply.is_positive() {
                 RcptResult::Accepted
             } else if reply.is_permanent() {

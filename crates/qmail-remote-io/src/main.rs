@@ -214,7 +214,7 @@ fn records(ip: std::net::IpAddr, valid: &[Result<usize, String>], results: &[Rcp
     let mut r = Report::new();
     for v in valid {
         match v {
-            Err(why) => r.recipient_refused(ip, true, &RemoteText::from_raw(why.as_bytes())),
+            Err(why) => r.recipient_invalid(why),
             Ok(i) => match results.get(*i) {
                 Some(RcptResult::Accepted) => r.recipient_accepted(),
                 Some(RcptResult::Refused(reply)) => r.recipient_refused(ip, true, &remote_text(reply)),
@@ -277,6 +277,18 @@ fn send_message(conn: &mut Conn) -> Result<(), Result<ConnError, Final>> {
     conn.write_all(&out).map_err(Ok)
 }
 
+/// Tells the dialogue how the connection failed.
+fn lost(client: &mut Client, e: ConnError, tls_error: &mut Option<String>) {
+    match e {
+        ConnError::Timeout => client.timed_out(),
+        ConnError::Closed(_) => client.server_closed(),
+        ConnError::Tls(e) => {
+            *tls_error = Some(e.to_string());
+            client.server_closed();
+        }
+    }
+}
+
 fn adopt_socket(fdr: i32, fdw: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let r = fd::adopt(fdr)?;
     let w = if fdw == fdr { r.try_clone()? } else { fd::adopt(fdw)? };
@@ -289,12 +301,7 @@ fn run(o: &Options) -> Ending {
     // here, in its place among the others.
     let sender = match encode_sender(o.sender.as_bytes()) {
         Ok(s) => s,
-        Err(e) => {
-            return only(
-                Final::custom(Letter::Failed, format!("Sorry, the sender address is invalid: {e}. (#5.1.7)\n").as_bytes()),
-                remote_io::EXIT_FINAL,
-            );
-        }
+        Err(e) => return only(Final::invalid_sender(&e.to_string()), remote_io::EXIT_FINAL),
     };
     let mut valid: Vec<Result<usize, String>> = Vec::new();
     let mut paths = Vec::new();
@@ -304,11 +311,11 @@ fn run(o: &Options) -> Ending {
                 valid.push(Ok(paths.len()));
                 paths.push(p);
             }
-            Err(e) => valid.push(Err(format!("Sorry, this recipient address is invalid: {e}. (#5.1.3)"))),
+            Err(e) => valid.push(Err(e.to_string())),
         }
     }
     if paths.is_empty() {
-        return Ending { records: records(ip, &valid, &[], Final::giving_up(ip, true)), code: remote_io::EXIT_FINAL };
+        return Ending { records: records(ip, &valid, &[], Final::no_valid_recipient()), code: remote_io::EXIT_FINAL };
     }
     let facts = match o.size {
         Some(size) => MessageFacts { encoded_size: size, eight_bit: o.eight_bit, partial_final_line: false },
@@ -347,14 +354,12 @@ fn run(o: &Options) -> Ending {
                     let out = client.output().to_vec();
                     match conn.write_all(&out) {
                         Ok(()) => client.consume_output(out.len()),
-                        Err(ConnError::Timeout) => client.timed_out(),
-                        Err(_) => client.server_closed(),
+                        Err(e) => lost(&mut client, e, &mut tls_error),
                     }
                 } else if client.wants_input() {
                     match conn.read() {
                         Ok(data) => client.server_data(&data),
-                        Err(ConnError::Timeout) => client.timed_out(),
-                        Err(_) => client.server_closed(),
+                        Err(e) => lost(&mut client, e, &mut tls_error),
                     }
                 }
             }
@@ -384,8 +389,7 @@ fn run(o: &Options) -> Ending {
             }
             Status::SendBody => match send_message(&mut conn) {
                 Ok(()) => client.body_sent(),
-                Err(Ok(ConnError::Timeout)) => client.timed_out(),
-                Err(Ok(_)) => client.server_closed(),
+                Err(Ok(e)) => lost(&mut client, e, &mut tls_error),
                 // The message cannot be read (or changed under us): stop
                 // without the final dot, so that nothing is delivered.
                 Err(Err(f)) => return only(f, remote_io::EXIT_FINAL),

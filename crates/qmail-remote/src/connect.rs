@@ -24,7 +24,11 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::TimedOut => f.write_str("connection timed out"),
-            ConnectError::Failed(e) => write!(f, "{e}"),
+            // strerror's words, without Rust's "(os error N)".
+            ConnectError::Failed(e) => match e.raw_os_error() {
+                Some(n) => f.write_str(nix::errno::Errno::from_raw(n).desc()),
+                None => write!(f, "{e}"),
+            },
         }
     }
 }

@@ -18,6 +18,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
+use chainmail_qmail::address::{encode_recipient, encode_sender};
 use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
 use chainmail_qmail::remote_io::TlsMode;
 use chainmail_qmail::tcpto::{Tcpto, unix_now};
@@ -34,9 +35,35 @@ fn report_of(f: Final) -> Vec<u8> {
     r.finish()
 }
 
+/// qmail-rspawn gives the message as a file. Run by hand, fd 0 may be a
+/// pipe, which cannot be read twice: copy it into a memory file first.
+fn make_message_seekable() -> Result<(), Final> {
+    let stdin = std::io::stdin();
+    let fd0 = stdin.as_fd();
+    match nix::unistd::lseek(fd0, 0, nix::unistd::Whence::SeekCur) {
+        Ok(_) => return Ok(()),
+        Err(nix::Error::ESPIPE) => {}
+        Err(_) => return Err(Final::unreadable_message()),
+    }
+    let copy = nix::sys::memfd::memfd_create("message", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|_| Final::system_resources())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match chainmail_ucspi::fd::read(&fd0, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => chainmail_ucspi::fd::write_all(&copy, &buf[..n]).map_err(|_| Final::system_resources())?,
+            Err(_) => return Err(Final::unreadable_message()),
+        }
+    }
+    chainmail_ucspi::fd::dup_onto(copy.as_fd(), 0).map_err(|_| Final::system_resources())?;
+    nix::unistd::lseek(fd0, 0, nix::unistd::Whence::SeekSet).map_err(|_| Final::unreadable_message())?;
+    Ok(())
+}
+
 /// Reads the whole message once: its size as sent, whether it has 8-bit
 /// bytes, whether it ends with a line end. Then rewinds it.
 fn scan_message() -> Result<MessageFacts, Final> {
+    make_message_seekable()?;
     let stdin = std::io::stdin();
     let fd0 = stdin.as_fd();
     let mut scanner = MessageScanner::new();
@@ -147,12 +174,35 @@ fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
     report_of(Final::custom(Verdict::Deferred, text.as_bytes()))
 }
 
+/// Refuses, before any connection, an envelope that cannot be sent: a
+/// sender or every recipient with bytes that would break an SMTP command.
+/// (qmail-remote-io refuses single invalid recipients in their place.)
+fn check_envelope(sender: &OsString, recipients: &[OsString]) -> Result<(), Vec<u8>> {
+    if let Err(e) = encode_sender(sender.as_bytes()) {
+        return Err(report_of(Final::invalid_sender(&e.to_string())));
+    }
+    let invalid: Vec<String> =
+        recipients.iter().filter_map(|r| encode_recipient(r.as_bytes()).err()).map(|e| e.to_string()).collect();
+    if invalid.len() == recipients.len() {
+        let mut r = Report::new();
+        for why in &invalid {
+            r.recipient_invalid(why);
+        }
+        r.conclude(Final::no_valid_recipient());
+        return Err(r.finish());
+    }
+    Ok(())
+}
+
 fn run(args: &[OsString]) -> Vec<u8> {
     let [host, sender, recipients @ ..] = args else {
         return report_of(Final::usage());
     };
     if recipients.is_empty() {
         return report_of(Final::usage());
+    }
+    if let Err(report) = check_envelope(sender, recipients) {
+        return report;
     }
     let home = chainmail_qmail::control::qmail_home_from_env();
     if std::env::set_current_dir(&home).is_err() {

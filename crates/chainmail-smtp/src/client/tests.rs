@@ -263,8 +263,10 @@ fn size_and_body_parameters() {
 fn sender_rejected() {
     for (ehlo, code, permanent) in [(EHLO_PIPE, "550 5.7.1 no\r\n", true), (EHLO_PLAIN, "451 4.3.0 later\r\n", false), (EHLO_PIPE, "451 later\r\n", false)] {
         let (o, s) = drive_all(|| (Client::new(attempt(&["x@y", "z@y"], TlsWish::Off)), Script::new(ehlo).with("MAIL", code).with("RCPT", "503 need MAIL\r\n").with("DATA", "503 need RCPT\r\n")), true);
-        let Outcome::Final { verdict: v @ Verdict::SenderRejected(_), .. } = &o else { panic!("{o:?}") };
+        let Outcome::Final { verdict: v @ Verdict::SenderRejected(_), recipients } = &o else { panic!("{o:?}") };
         assert_eq!(v.is_permanent(), permanent);
+        // The 503s the pipelined RCPTs got are not the recipients' fate.
+        assert!(recipients.iter().all(|r| *r == RcptResult::NotTried), "{recipients:?}");
         assert!(!s.log.contains(&"<BODY>".to_owned()));
     }
 }
@@ -379,6 +381,25 @@ fn connection_lost_at_each_stage() {
     let Status::Done(Outcome::Final { verdict: v, .. }) = c.status() else { panic!() };
     assert_eq!(v, Verdict::ConnectionDied { after_dot: true, timeout: false });
     assert!(!v.is_delivered() && !v.is_permanent());
+}
+
+#[test]
+fn tls_breaking_after_the_handshake() {
+    // Right after the handshake (TLS 1.3 client certificate refused): a
+    // TLS failure, so that opportunistic TLS falls back to plaintext.
+    let mut c = Client::new(attempt(&["a@y"], TlsWish::Try));
+    c.server_data(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n220 go\r\n");
+    assert_eq!(c.status(), Status::StartTls);
+    c.tls_done(true);
+    c.server_closed();
+    assert_eq!(c.status(), Status::Done(Outcome::TlsFailed(None)));
+    // During the transaction: the connection died.
+    let mut c = Client::new(attempt(&["a@y"], TlsWish::Try));
+    c.server_data(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n220 go\r\n");
+    c.tls_done(true);
+    c.server_data(b"250 mx\r\n");
+    c.server_closed();
+    assert!(matches!(c.status(), Status::Done(Outcome::Final { verdict: Verdict::ConnectionDied { after_dot: false, .. }, .. })));
 }
 
 #[test]
