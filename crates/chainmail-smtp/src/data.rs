@@ -167,6 +167,27 @@ impl MessageScanner {
     }
 }
 
+/// What a message becomes on its way through SMTP: every line end (LF,
+/// CRLF, or a bare CR) a CRLF. A strict server that undoes the DATA
+/// encoding stores exactly this.
+pub fn with_crlf_line_ends(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 16);
+    let mut i = 0;
+    while i < msg.len() {
+        match msg[i] {
+            b'\r' if msg.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Undoes the DATA encoding the way a strict server does: lines end at
 /// CRLF only, a leading `.` is removed, the line `.` ends the data.
 /// Returns the message and whatever followed the end of data; `None` if
@@ -300,26 +321,7 @@ mod tests {
             assert_eq!(lenient_end_positions(&enc), vec![enc.len() - 3], "{msg:?} -> {enc:?}");
             let (decoded, rest) = decode_strict(&enc).expect("terminated");
             assert!(rest.is_empty());
-            assert_eq!(decoded, normalise(&msg), "{msg:?}");
+            assert_eq!(decoded, with_crlf_line_ends(&msg), "{msg:?}");
         }
-    }
-
-    /// The message as it should arrive: every LF, CRLF or bare CR a CRLF.
-    fn normalise(msg: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < msg.len() {
-            match msg[i] {
-                b'\r' if msg.get(i + 1) == Some(&b'\n') => {
-                    out.extend_from_slice(b"\r\n");
-                    i += 2;
-                    continue;
-                }
-                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        out
     }
 }
