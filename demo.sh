@@ -1,11 +1,13 @@
 #!/bin/sh
-# demo.sh: build chainmail and run the STARTTLS server chain on loopback.
+# demo.sh: build chainmail and run the whole chain on loopback.
 #
-# A self-signed certificate is made, then
+# A demo CA and a server certificate are made, then
 #   tcpserver 127.0.0.1 PORT ucspi-tlsd -- smtpd-starttls-proxy-io test-smtpd
-# listens on a free loopback port, swaks delivers a message over STARTTLS,
-# the transcript, the negotiated TLS version and cipher and the stored
-# message are shown, and everything is stopped. Run as root on a fresh
+# listens on a free loopback port. swaks delivers a message over STARTTLS
+# (the transcript and the negotiated TLS version and cipher are shown),
+# then chainmail's own qmail-remote delivers one with verified TLS
+# (tlsstrictness 2), the way qmail-rspawn would run it, and its report is
+# shown. The stored messages are shown, and everything is stopped. Run as root on a fresh
 # Debian machine, missing packages (ucspi-tcp, swaks, openssl) are
 # installed first.
 set -eu
@@ -33,8 +35,9 @@ ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks lib
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
 
 echo "demo: building (cargo build --release)"
-cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p chainmail-tests --bin ucspi-tlsd \
-    --bin smtpd-starttls-proxy-io --bin test-smtpd
+cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p qmail-remote -p qmail-remote-io \
+    -p chainmail-tests --bin ucspi-tlsd --bin smtpd-starttls-proxy-io --bin qmail-remote --bin qmail-remote-io \
+    --bin test-smtpd
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 
 work=$(mktemp -d /tmp/chainmail-demo.XXXXXX)
@@ -45,9 +48,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-    -subj /CN=mx.demo.test -addext subjectAltName=DNS:mx.demo.test,IP:127.0.0.1 \
-    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+ossl() { openssl "$@" 2>/dev/null || { echo "demo: fatal: openssl $1 failed" >&2; exit 111; }; }
+ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=chainmail demo CA" \
+    -keyout "$work/ca.key" -out "$work/ca.pem"
+ossl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=mx.demo.test \
+    -keyout "$work/key.pem" -out "$work/req.pem"
+printf 'subjectAltName=DNS:mx.demo.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$work/ext"
+ossl x509 -req -in "$work/req.pem" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 1 \
+    -extfile "$work/ext" -out "$work/cert.pem"
 mkdir "$work/mail"
 
 # tcpserver -1 prints the port it listens on: that line is the signal
@@ -69,12 +77,31 @@ timeout 30 swaks --server "127.0.0.1:$port" --tls --helo client.demo.test \
     | tee "$work/transcript"
 echo
 echo "demo: negotiated: $(grep -o 'TLS started with cipher .*' "$work/transcript" || echo '(no TLS?)')"
-echo "demo: stored message:"
-for f in "$work"/mail/*; do sed 's/^/    /' "$f"; done
+
+# The other side: qmail-remote, as qmail-rspawn runs it (the message on fd
+# 0, the report on fd 1), with a QMAILHOME of its own that routes the
+# demo's domain to the chain and demands verified TLS.
+q=$work/qmail
+mkdir -p "$q/control" "$q/queue/lock" "$q/run/qmail-remote"
+echo client.demo.test >"$q/control/me"
+echo "demo.test:[127.0.0.1]:$port" >"$q/control/smtproutes"
+echo "$work/ca.pem" >"$q/control/trustanchors"
+echo 2 >"$q/control/tlsstrictness"
+head -c 1024 /dev/zero >"$q/queue/lock/tcpto"
+printf 'From: carol@demo.test\nTo: dave@demo.test\nSubject: from qmail-remote\n\nDelivered by chainmail qmail-remote.\n.A line that starts with a dot.\n' >"$work/msg"
+echo "demo: QMAILHOME=$q qmail-remote demo.test carol@demo.test dave@demo.test < msg"
+QMAILHOME=$q timeout 30 "$bin/qmail-remote" demo.test carol@demo.test dave@demo.test <"$work/msg" >"$work/report"
+echo "demo: qmail-remote's report (records separated by NUL, shown one per line):"
+tr '\0' '\n' <"$work/report" | sed 's/^/    /'
+echo
+echo "demo: stored messages:"
+for f in "$work"/mail/*; do echo "  --- $(basename "$f")"; sed 's/^/    /' "$f"; done
 if [ -s "$work/stderr" ]; then
     echo "demo: the server chain printed on stderr:"; cat "$work/stderr"
 else
     echo "demo: nothing on the server chain's stderr"
 fi
-grep -q '^<~  221' "$work/transcript" && grep -q 'TLS started' "$work/transcript" && [ -n "$(ls "$work/mail")" ]
+grep -q '^<~  221' "$work/transcript" && grep -q 'TLS started' "$work/transcript"
+tr -d '\0' <"$work/report" | grep -q '^rK127.0.0.1 accepted message'
+[ "$(ls "$work/mail" | wc -l)" = 2 ]
 echo "demo: ok"
