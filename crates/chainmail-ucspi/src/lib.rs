@@ -7,9 +7,8 @@
 //! This is the only crate of the workspace that contains `unsafe` code.
 //! It is confined to a few small functions: turning an inherited descriptor
 //! number into an owned descriptor ([`fd::adopt`], with [`fd::is_open`] and
-//! [`fd::dup_onto`]), `fork(2)` ([`process::fork`]), one socket option
-//! nix does not wrap ([`net::quickack`]), and giving back clean code pages
-//! with `madvise(2)` ([`process::release_clean_file_pages`]).
+//! [`fd::dup_onto`]), `fork(2)` ([`process::fork`]), and one socket option
+//! nix does not wrap ([`net::quickack`]).
 //! Every other crate has `#![forbid(unsafe_code)]`.
 
 pub mod diag;

@@ -145,7 +145,6 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
                 // engine exits now instead of waiting for the session end.
                 drop(ssl);
                 let parts = p.into_relay();
-                let _ = chainmail_ucspi::process::release_clean_file_pages();
                 let relay = Relay::new(
                     LegSpec { src: net_in, dst: smtpd_in, leftover: parts.to_server },
                     LegSpec { src: smtpd_out, dst: net_out, leftover: parts.to_client },
@@ -325,9 +324,6 @@ fn start_tls(
     }
     debug_assert_eq!(p.status(), Status::Relay(Transport::Tls));
     let parts = p.into_relay();
-    // From here on this process only relays: give back the pages of the
-    // code it will not run again (they stay in the page cache).
-    let _ = chainmail_ucspi::process::release_clean_file_pages();
     let relay = Relay::new(
         LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
         LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },

@@ -200,11 +200,6 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         drop(ctl);
     }
 
-    // The handshake code will not run again in this process: give its
-    // pages back (they stay in the page cache), so that an idle session
-    // costs what its relay uses.
-    let _ = process::release_clean_file_pages();
-
     if let Err(e) = session.relay(&mut engine) {
         // After the application's last byte has left and the write side
         // is shut down, a peer's alert is only a comment on how the
