@@ -25,6 +25,9 @@ use crate::poll::{self, Deadline};
 /// Bytes per transfer.
 const CHUNK: usize = 1 << 16;
 
+/// Transfers per leg and wake-up, at most.
+const STEPS_PER_WAKEUP: usize = 8;
+
 /// One direction of a relay, as given to [`Relay::new`].
 #[derive(Debug)]
 pub struct LegSpec {
@@ -148,15 +151,25 @@ impl Leg {
         }
     }
 
-    /// Does whatever the readiness allows. Returns true if a byte moved.
+    /// Does whatever the readiness allows, a few transfers at most (so
+    /// that one busy direction cannot starve the other), without waiting
+    /// for a new readiness between them. Returns true if a byte moved.
     fn step(&mut self) -> bool {
-        match self.state {
-            State::Done => false,
-            State::Discarding => self.discard(),
-            State::Running if self.has_pending() => self.flush_pending(),
-            State::Running if self.splice => self.splice_once(),
-            State::Running => self.copy_once(),
+        let mut moved = false;
+        for i in 0..STEPS_PER_WAKEUP {
+            let m = match self.state {
+                State::Done => false,
+                State::Discarding => self.discard(),
+                State::Running if self.has_pending() => self.flush_pending(),
+                State::Running if self.splice => self.splice_once(i == 0),
+                State::Running => self.copy_once(),
+            };
+            if !m {
+                break;
+            }
+            moved = true;
         }
+        moved
     }
 
     fn discard(&mut self) -> bool {
@@ -208,7 +221,9 @@ impl Leg {
         }
     }
 
-    fn splice_once(&mut self) -> bool {
+    /// One `splice(2)`. `woken` says whether this is the first transfer
+    /// since poll said the descriptor we waited on is ready.
+    fn splice_once(&mut self, woken: bool) -> bool {
         let (Some(src), Some(dst)) = (&self.src, &self.dst) else {
             return false;
         };
@@ -226,10 +241,15 @@ impl Leg {
                 }
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::EAGAIN) => {
-                    // Either the source is empty or the destination full;
-                    // if we were waiting on the destination, it is the
-                    // source, and the other way round.
-                    self.dst_blocked = !self.dst_blocked;
+                    // Either the source is empty or the destination full.
+                    // Right after a wake-up it is the side we were not
+                    // waiting on; after a transfer that worked, the
+                    // source has been drained.
+                    if woken {
+                        self.dst_blocked = !self.dst_blocked;
+                    } else {
+                        self.dst_blocked = false;
+                    }
                     return false;
                 }
                 Err(nix::Error::EINVAL) => {
