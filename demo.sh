@@ -34,11 +34,12 @@ ensure 'command -v openssl' openssl
 ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks libnet-ssleay-perl libio-socket-ssl-perl
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
 
-echo "demo: building (cargo build --release)"
-cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p qmail-remote -p qmail-remote-io \
-    -p chainmail-tests --bin ucspi-tlsd --bin smtpd-starttls-proxy-io --bin qmail-remote --bin qmail-remote-io \
-    --bin test-smtpd
+echo "demo: building (cargo build --release, and --profile release-small for qmail-remote)"
+cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p chainmail-tests \
+    --bin ucspi-tlsd --bin smtpd-starttls-proxy-io --bin test-smtpd
+cargo build --profile release-small --locked -q -p qmail-remote -p qmail-remote-io
 bin=${CARGO_TARGET_DIR:-$top/target}/release
+qbin=${CARGO_TARGET_DIR:-$top/target}/release-small
 
 work=$(mktemp -d /tmp/chainmail-demo.XXXXXX)
 server_pid=
@@ -90,7 +91,7 @@ echo 2 >"$q/control/tlsstrictness"
 head -c 1024 /dev/zero >"$q/queue/lock/tcpto"
 printf 'From: carol@demo.test\nTo: dave@demo.test\nSubject: from qmail-remote\n\nDelivered by chainmail qmail-remote.\n.A line that starts with a dot.\n' >"$work/msg"
 echo "demo: QMAILHOME=$q qmail-remote demo.test carol@demo.test dave@demo.test < msg"
-QMAILHOME=$q timeout 30 "$bin/qmail-remote" demo.test carol@demo.test dave@demo.test <"$work/msg" >"$work/report"
+QMAILHOME=$q timeout 30 "$qbin/qmail-remote" demo.test carol@demo.test dave@demo.test <"$work/msg" >"$work/report"
 echo "demo: qmail-remote's report (records separated by NUL, shown one per line):"
 tr '\0' '\n' <"$work/report" | sed 's/^/    /'
 echo

@@ -24,6 +24,9 @@ build=1
 qmail_mode=
 qmail_home=/var/qmail
 BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qmail-remote qmail-remote-io"
+# The qmail side is built with the release-small profile (see Cargo.toml).
+SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io"
+QMAIL_BINARIES="qmail-remote qmail-remote-io"
 
 usage() {
     sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
@@ -45,7 +48,15 @@ while [ $# -gt 0 ]; do
 done
 
 top=$(cd "$(dirname "$0")" && pwd)
-target=${CARGO_TARGET_DIR:-$top/target}/release
+targetdir=${CARGO_TARGET_DIR:-$top/target}
+
+# Where the build left binary $1.
+built() {
+    case $1 in
+        qmail-remote*) echo "$targetdir/release-small/$1" ;;
+        *) echo "$targetdir/release/$1" ;;
+    esac
+}
 
 die() { echo "install.sh: fatal: $*" >&2; exit 111; }
 say() { echo "install.sh: $*"; }
@@ -104,18 +115,20 @@ make_run_dir() {
 
 if [ "$build" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is needed to build (https://rustup.rs)"
-    (cd "$top" && cargo build --release --locked $(for b in $BINARIES; do printf -- '-p %s ' "$b"; done)) \
-        || die "the build failed"
+    pkgs() { for b in "$@"; do printf -- '-p %s ' "$b"; done; }
+    # shellcheck disable=SC2046
+    (cd "$top" && cargo build --release --locked $(pkgs $SERVER_BINARIES) &&
+        cargo build --profile release-small --locked $(pkgs $QMAIL_BINARIES)) || die "the build failed"
 fi
 for b in $BINARIES; do
-    [ -x "$target/$b" ] || die "$target/$b is missing: build first (cargo build --release)"
+    [ -x "$(built "$b")" ] || die "$(built "$b") is missing: build first (see install.sh)"
 done
 
 case $qmail_mode in
     "")
         mkdir -p "$prefix/bin"
         for b in $BINARIES; do
-            put "$target/$b" "$prefix/bin/$b"
+            put "$(built "$b")" "$prefix/bin/$b"
         done
         ;;
     qmail)
@@ -134,17 +147,17 @@ case $qmail_mode in
         fi
         saved_force=$force
         [ "$force_one" = 1 ] && force=1
-        put "$target/qmail-remote" "$bin/qmail-remote"
+        put "$(built qmail-remote)" "$bin/qmail-remote"
         force=$saved_force
-        put "$target/qmail-remote-io" "$bin/qmail-remote-io"
+        put "$(built qmail-remote-io)" "$bin/qmail-remote-io"
         make_run_dir
         say "undo with: $0 --qmail-undo $qmail_home"
         ;;
     qmail-beside)
         bin=$qmail_home/bin
         [ -d "$bin" ] || die "$bin is not a directory: is qmail installed in $qmail_home?"
-        put "$target/qmail-remote" "$bin/qmail-remote-chainmail"
-        put "$target/qmail-remote-io" "$bin/qmail-remote-io"
+        put "$(built qmail-remote)" "$bin/qmail-remote-chainmail"
+        put "$(built qmail-remote-io)" "$bin/qmail-remote-io"
         make_run_dir
         say "set QMAILREMOTE=$bin/qmail-remote-chainmail in qmail-send's environment (notqmail >= 1.08)"
         ;;

@@ -21,10 +21,11 @@ fn script() -> PathBuf {
 /// which version they are.
 fn fake_build(dir: &TestDir, version: &str) -> PathBuf {
     let target = dir.join(format!("target-{version}"));
-    let release = target.join("release");
-    fs::create_dir_all(&release).expect("mkdir");
     for b in BINARIES {
-        let p = release.join(b);
+        // The qmail side is built with the release-small profile.
+        let profile = if b.starts_with("qmail-remote") { "release-small" } else { "release" };
+        fs::create_dir_all(target.join(profile)).expect("mkdir");
+        let p = target.join(profile).join(b);
         fs::write(&p, format!("#!/bin/sh\necho {b} {version}\n")).expect("write");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
