@@ -9,31 +9,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-/// One process, from `/proc/PID/stat`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proc {
-    /// Its id.
-    pub pid: i32,
-    /// Its parent.
-    pub ppid: i32,
-    /// `comm`: at most 15 bytes of the name of the program it last exec'd.
-    pub comm: String,
-    /// The state letter (`R`, `S`, `Z`…).
-    pub state: char,
-}
-
-/// Reads `/proc/PID/stat`.
-pub fn stat(pid: i32) -> Option<Proc> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid ...; comm may hold spaces and parentheses.
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s[open + 1..close].to_owned();
-    let mut rest = s[close + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some(Proc { pid, ppid, comm, state })
-}
+pub use chainmail_tests::procs::{Proc, stat};
 
 /// Every live (non-zombie) process.
 pub fn all() -> Vec<Proc> {

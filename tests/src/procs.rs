@@ -9,6 +9,8 @@ pub struct Proc {
     pub pid: i32,
     /// Its parent.
     pub ppid: i32,
+    /// Its process group.
+    pub pgrp: i32,
     /// The kernel's name for it (`comm`, at most 15 bytes of the name of
     /// the program it last exec'd).
     pub comm: String,
@@ -16,7 +18,8 @@ pub struct Proc {
     pub state: char,
 }
 
-fn read_stat(pid: i32) -> Option<(Proc, i32)> {
+/// Reads `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<Proc> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid pgrp ...; comm may contain spaces and parens.
     let open = stat.find('(')?;
@@ -26,7 +29,7 @@ fn read_stat(pid: i32) -> Option<(Proc, i32)> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     let pgrp = rest.next()?.parse().ok()?;
-    Some((Proc { pid, ppid, comm, state }, pgrp))
+    Some(Proc { pid, ppid, pgrp, comm, state })
 }
 
 /// The live (non-zombie) members of process group `pgid`, except `pgid`
@@ -41,9 +44,8 @@ pub fn group_members(pgid: i32) -> Vec<Proc> {
     let mut v: Vec<Proc> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != pgid)
-        .filter_map(read_stat)
-        .filter(|(p, pgrp)| *pgrp == pgid && p.state != 'Z' && p.state != 'X')
-        .map(|(p, _)| p)
+        .filter_map(stat)
+        .filter(|p| p.pgrp == pgid && p.state != 'Z' && p.state != 'X')
         .collect();
     v.sort_by_key(|p| p.pid);
     v
