@@ -854,6 +854,46 @@ fn read_eof_keep_writing<S: chainmail_tests::smtp::Conn>(c: &mut Smtp<S>, marker
     }
 }
 
+/// A client that pipelines commands and never reads the replies: the
+/// proxy stops reading once its replies back up, TCP backpressure stops
+/// the client, and the proxy's memory stays small.
+#[test]
+fn client_that_never_reads_is_held_back_by_backpressure() {
+    use std::io::Write;
+    let dir = TestDir::new("never_reads");
+    let server = Chain::new(&dir).start();
+    let mut s = TcpStream::connect(server.addr()).expect("connect");
+    s.set_write_timeout(Some(secs(3))).expect("timeout");
+    let chunk = b"NOOP\r\n".repeat(10_000);
+    let mut sent = 0usize;
+    let started = Instant::now();
+    loop {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e) => panic!("write failed after {sent} bytes: {e}\n{}", server.diagnostics()),
+        }
+        assert!(sent < 256 << 20, "the proxy never stopped reading ({sent} bytes sent)");
+        assert!(started.elapsed() < secs(120), "no backpressure after {sent} bytes");
+    }
+    let proxy = server
+        .session_processes()
+        .into_iter()
+        .find(|p| p.comm.starts_with("smtpd-starttls"))
+        .unwrap_or_else(|| panic!("no proxy process\n{}", server.diagnostics()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid)).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    // Sockets hold megabytes of the stream; the proxy itself holds at most
+    // one read and 64 KiB of replies.
+    assert!(peak_kib < 8 * 1024, "the proxy grew to {peak_kib} KiB after {sent} bytes");
+    drop(s);
+    server.wait_sessions_gone(secs(30));
+}
+
 #[test]
 fn client_disconnect_ends_every_session_process() {
     let dir = TestDir::new("disconnect");
