@@ -247,12 +247,21 @@ pub struct Chain<'a> {
     smtpd: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
     default_certs: bool,
+    no_handover: bool,
 }
 
 impl<'a> Chain<'a> {
     /// The default chain in `dir`.
     pub fn new(dir: &'a TestDir) -> Chain<'a> {
-        Chain { dir, tlsd: Vec::new(), proxy: Vec::new(), smtpd: None, env: Vec::new(), default_certs: true }
+        Chain {
+            dir,
+            tlsd: Vec::new(),
+            proxy: Vec::new(),
+            smtpd: None,
+            env: Vec::new(),
+            default_certs: true,
+            no_handover: false,
+        }
     }
 
     /// Adds options of ucspi-tlsd.
@@ -286,11 +295,21 @@ impl<'a> Chain<'a> {
         self
     }
 
+    /// Runs the proxy without `CHAINMAIL_TLS_HANDOVER`, as under another
+    /// UCSPI-TLS server: it keeps relaying after STARTTLS itself.
+    pub fn without_handover(mut self) -> Self {
+        self.no_handover = true;
+        self
+    }
+
     /// The command line tcpserver runs for each connection.
     pub fn argv(&self) -> Vec<OsString> {
         let mut argv = vec![bin("ucspi-tlsd").into_os_string()];
         argv.extend(self.tlsd.iter().cloned());
         argv.push("--".into());
+        if self.no_handover {
+            argv.extend(["env", "-u", "CHAINMAIL_TLS_HANDOVER"].map(OsString::from));
+        }
         argv.push(bin("smtpd-starttls-proxy-io").into_os_string());
         argv.extend(self.proxy.iter().cloned());
         argv.push("--".into());

@@ -740,18 +740,73 @@ fn idle_timeout_after_the_decision_plaintext() {
 
 #[test]
 fn idle_timeout_after_the_decision_tls() {
-    // 2 s rather than 1: the handshake and the first EHLO happen after the
-    // decision, under the same timer, and must fit in it on a loaded machine.
-    let dir = TestDir::new("idle_after_tls");
-    let server = Chain::new(&dir).proxy_args(["-T", "2"]).start();
+    // With the handover the TLS engine keeps the proxy's -T; without it,
+    // the proxy itself does.
+    for handover in [true, false] {
+        // 2 s rather than 1: the handshake and the first EHLO happen after
+        // the decision, under the same timer, and must fit in it on a
+        // loaded machine.
+        let dir = TestDir::new("idle_after_tls");
+        let chain = Chain::new(&dir).proxy_args(["-T", "2"]);
+        let server = if handover { chain } else { chain.without_handover() }.start();
+        let mut c = server.connect_greeted().starttls(&tls(&dir));
+        c.cmd_expect("EHLO client.test", 250);
+        let start = Instant::now();
+        let (_, end) = c.read_until_closed(secs(15));
+        let waited = start.elapsed();
+        assert!(end.is_closed(), "the relay did not time out within 15 s (handover {handover})");
+        assert!(waited >= Duration::from_millis(1800), "the relay timed out after {waited:?}, before 2 s");
+        server.wait_sessions_gone(secs(20));
+    }
+}
+
+/// After STARTTLS the proxy hands the smtpd's pipes to the TLS engine and
+/// leaves: the session is the engine and the smtpd.
+#[test]
+fn after_tls_the_proxy_hands_over_and_leaves() {
+    let dir = TestDir::new("handover");
+    let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted().starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
-    let start = Instant::now();
-    let (_, end) = c.read_until_closed(secs(15));
-    let waited = start.elapsed();
-    assert!(end.is_closed(), "the relay did not time out within 15 s");
-    assert!(waited >= Duration::from_millis(1800), "the relay timed out after {waited:?}, before 2 s");
+    let deadline = Instant::now() + secs(10);
+    let names = loop {
+        let names: Vec<String> = server.session_processes().into_iter().map(|p| p.comm).collect();
+        if !names.iter().any(|n| n.starts_with("smtpd-starttls")) {
+            break names;
+        }
+        assert!(Instant::now() < deadline, "the proxy is still there: {names:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(names.iter().any(|n| n == "ucspi-tlsd") && names.iter().any(|n| n == "test-smtpd"), "{names:?}");
+    let r = c.send_mail("a@x.test", "b@y.test", "through the engine alone\r\n");
+    assert_eq!(r.code, 250, "{}", c.transcript_string());
+    c.quit();
+    assert_eq!(server.messages().len(), 1);
     server.wait_sessions_gone(secs(20));
+    server.assert_stderr_empty();
+}
+
+/// Under a UCSPI-TLS server without handovers (s6-ucspitlsd) the proxy
+/// relays the TLS session itself, as before.
+#[test]
+fn tls_session_without_handover() {
+    let dir = TestDir::new("no_handover");
+    let server = Chain::new(&dir).without_handover().start();
+    let mut c = server.connect_greeted().starttls(&tls(&dir));
+    let ehlo = c.cmd_expect("EHLO client.test", 250);
+    assert!(!ehlo.has_text("STARTTLS"));
+    let names: Vec<String> = server.session_processes().into_iter().map(|p| p.comm).collect();
+    assert!(names.iter().any(|n| n.starts_with("smtpd-starttls")), "the proxy left: {names:?}");
+    c.send(b"NOOP\r\nRSET\r\nNOOP\r\n");
+    for _ in 0..3 {
+        c.expect(250);
+    }
+    let r = c.send_mail("a@x.test", "b@y.test", "through the proxy\r\n");
+    assert_eq!(r.code, 250, "{}", c.transcript_string());
+    c.quit();
+    assert_eq!(server.messages().len(), 1);
+    server.wait_sessions_gone(secs(20));
+    server.assert_stderr_empty();
 }
 
 // ------------------------------------------------ EOF and half-close

@@ -387,6 +387,24 @@ impl Engine {
         }
     }
 
+    /// Queues `data` for the peer as if the application had written it,
+    /// ahead of what the application writes next: the bytes a proxy still
+    /// held when it handed its descriptors over. Only after the handshake.
+    pub fn queue_app_data(&mut self, data: &[u8]) {
+        if data.is_empty() || self.outbound != Outbound::Open {
+            return;
+        }
+        let mut pending = self.buf[self.start..self.end].to_vec();
+        pending.extend_from_slice(data);
+        if self.buf.len() < pending.len() {
+            self.buf.resize(pending.len(), 0);
+        }
+        self.buf[..pending.len()].copy_from_slice(&pending);
+        self.start = 0;
+        self.end = pending.len();
+        self.push_out();
+    }
+
     /// Reads plaintext once from the application and encrypts what rustls
     /// accepts; the rest waits in the engine, and the application is not
     /// read again until it has gone.

@@ -167,6 +167,88 @@ pub fn write_all(fd: &impl AsFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `data` and the descriptors `fds` in one message on a Unix
+/// socket (`SCM_RIGHTS`). The receiver gets its own copies of the
+/// descriptors; the caller keeps (and should close) its own.
+pub fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    if data.is_empty() {
+        // At least one byte must go with the descriptors.
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no data to carry the descriptors"));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let mut sent = loop {
+        match sendmsg::<UnixAddr>(sock.as_fd().as_raw_fd(), &[io::IoSlice::new(data)], &cmsg, MsgFlags::empty(), None) {
+            Ok(n) => break n,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    };
+    // The descriptors went with the first byte; the rest is plain data.
+    while sent < data.len() {
+        sent += write(sock, &data[sent..])?;
+    }
+    Ok(())
+}
+
+/// Receives what [`send_with_fds`] sent: reads `sock` (blocking) up to EOF
+/// or `max` bytes, and takes ownership of the descriptors that came with
+/// the data (at most `max_fds`; any beyond are closed). The descriptors are
+/// close-on-exec.
+pub fn recv_with_fds(sock: &impl AsFd, max: usize, max_fds: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    let mut data = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut cmsg_space = vec![0u8; cmsg_room(max_fds.max(1))];
+    let mut buf = vec![0u8; 4096];
+    while data.len() < max {
+        let (n, got) = {
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = loop {
+                match recvmsg::<UnixAddr>(
+                    sock.as_fd().as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg_space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Ok(m) => break m,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(errno(e)),
+                }
+            };
+            let mut got: Vec<RawFd> = Vec::new();
+            for c in msg.cmsgs().map_err(errno)? {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    got.extend(r);
+                }
+            }
+            (msg.bytes, got)
+        };
+        for raw in got {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for this message; nothing else knows their numbers.
+            #[allow(unsafe_code)]
+            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+            if fds.len() < max_fds {
+                fds.push(owned);
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n.min(max - data.len())]);
+    }
+    Ok((data, fds))
+}
+
+/// Room for a control message carrying `n` descriptors.
+fn cmsg_room(n: usize) -> usize {
+    // CMSG_SPACE(n * sizeof(int)): a header plus the aligned payload; twice
+    // the header is more than the alignment can take.
+    2 * std::mem::size_of::<libc::cmsghdr>() + n * std::mem::size_of::<RawFd>() + 8
+}
+
 /// An `io::Read + io::Write` view of a borrowed descriptor, for libraries
 /// (rustls) that want those traits. Writes with several buffers use
 /// `writev(2)`.
@@ -210,6 +292,30 @@ mod tests {
         drop(r);
         assert!(!is_open(n));
         assert!(adopt(n).is_err());
+    }
+
+    #[test]
+    fn descriptors_travel_with_data() {
+        let (a, b) = socketpair().expect("socketpair");
+        let (r, w) = pipe().expect("pipe");
+        let payload: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        send_with_fds(&a, &payload, &[r.as_fd(), w.as_fd()]).expect("send");
+        drop(a);
+        let (data, fds) = recv_with_fds(&b, 1 << 20, 2).expect("recv");
+        assert_eq!(data, payload);
+        assert_eq!(fds.len(), 2);
+        // The received write end feeds the original read end.
+        drop(w);
+        write_all(&fds[1], b"through").expect("write");
+        drop(fds);
+        let mut buf = [0u8; 16];
+        assert_eq!(read(&r, &mut buf).expect("read"), 7);
+        assert_eq!(&buf[..7], b"through");
+        // Nothing sent, nothing received: EOF at once.
+        let (a, b) = socketpair().expect("socketpair");
+        drop(a);
+        let (data, fds) = recv_with_fds(&b, 100, 2).expect("recv");
+        assert!(data.is_empty() && fds.is_empty());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Options {
     pub proxy: proxy::Config,
     /// The smtpd's command line.
     pub smtpd: Vec<OsString>,
+    /// The UCSPI-TLS server takes handovers (`CHAINMAIL_TLS_HANDOVER=1`).
+    pub handover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Fatal
         relay_timeout: Some(Duration::from_secs(1200)),
         proxy: proxy::Config::default(),
         smtpd: Vec::new(),
+        handover: std::env::var_os(chainmail_ucspi::env::HANDOVER_VAR).is_some_and(|v| v == "1"),
     };
     let mut parser = lexopt::Parser::from_args(args);
     let bad = |e: lexopt::Error| Fatal::BadOption(e.to_string());
@@ -126,6 +129,7 @@ fn run() -> Result<u8, Fatal> {
             for name in UCSPI_TLS_VARS {
                 env.remove(name);
             }
+            env.remove(chainmail_ucspi::env::HANDOVER_VAR);
             let err = chainmail_ucspi::process::exec(&opts.smtpd, &env);
             Err(Fatal::Sys { what: "exec the smtpd", source: err })
         }

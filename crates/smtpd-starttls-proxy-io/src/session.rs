@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use chainmail_smtp::proxy::{End, Proxy, Status, Transport};
+use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
 use chainmail_ucspi::fd;
 use chainmail_ucspi::net;
 use chainmail_ucspi::poll::{self, Deadline};
@@ -301,11 +301,15 @@ fn start_tls(
     drop(net_in);
     drop(net_out);
     let SslFds { ctl, read: tls_read, write: tls_write } = ssl;
-    let info = match fd::write_all(&ctl, b"Y") {
-        Ok(()) => read_tls_info(&ctl, deadline),
+    // With a UCSPI-TLS server that takes handovers, the proxy leaves once
+    // TLS is up and the engine relays with the smtpd directly: one process
+    // and one copy less per byte.
+    let handover = opts.handover;
+    let command = if handover { [chainmail_ucspi::env::HANDOVER_COMMAND] } else { *b"Y" };
+    let info = match fd::write_all(&ctl, &command) {
+        Ok(()) => read_tls_info(&ctl, deadline, handover),
         Err(_) => Vec::new(),
     };
-    drop(ctl);
     if info.is_empty() {
         p.tls_failed();
         if opts.verbosity >= 2 {
@@ -324,6 +328,19 @@ fn start_tls(
     }
     debug_assert_eq!(p.status(), Status::Relay(Transport::Tls));
     let parts = p.into_relay();
+    if handover {
+        match hand_over(opts, &ctl, &parts, &smtpd_in, &smtpd_out) {
+            Ok(()) => return Ok(Ended::Relayed),
+            Err(e) => {
+                // The engine goes on with the ordinary relay when it gets
+                // no handover; so does the proxy.
+                if opts.verbosity >= 1 {
+                    diag::warn(format_args!("unable to hand the session over to the TLS engine: {e}{}", remote()));
+                }
+            }
+        }
+    }
+    drop(ctl);
     let relay = Relay::new(
         LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
         LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },
@@ -332,9 +349,24 @@ fn start_tls(
     Ok(relay_outcome(relay.run()?.outcome))
 }
 
+/// Hands the smtpd's pipes over to the TLS engine: what the proxy still
+/// owes the smtpd is written first; what it owes the client goes in the
+/// message, for the engine to send before anything else.
+fn hand_over(opts: &Options, ctl: &OwnedFd, parts: &RelayParts, smtpd_in: &OwnedFd, smtpd_out: &OwnedFd) -> io::Result<()> {
+    if !parts.to_server.is_empty() {
+        fd::set_nonblocking(smtpd_in, false)?;
+        fd::write_all(smtpd_in, &parts.to_server)?;
+    }
+    let idle_ms = opts.relay_timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let message = chainmail_ucspi::env::encode_handover(idle_ms, &parts.to_client);
+    fd::send_with_fds(ctl, &message, &[smtpd_in.as_fd(), smtpd_out.as_fd()])
+}
+
 /// Reads the connection information the UCSPI-TLS server sends after the
-/// handshake, up to its EOF. Empty means the handshake failed.
-fn read_tls_info(ctl: &OwnedFd, deadline: Deadline) -> Vec<u8> {
+/// handshake: up to its EOF, or, for a handover, up to the two NULs that
+/// end it (the engine keeps the socket open for the handover message).
+/// Empty means the handshake failed.
+fn read_tls_info(ctl: &OwnedFd, deadline: Deadline, handover: bool) -> Vec<u8> {
     let mut info = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -347,6 +379,9 @@ fn read_tls_info(ctl: &OwnedFd, deadline: Deadline) -> Vec<u8> {
             Ok(n) => {
                 if info.len() < MAX_TLS_INFO {
                     info.extend_from_slice(&buf[..n.min(MAX_TLS_INFO - info.len())]);
+                }
+                if handover && info.ends_with(b"\0\0") {
+                    return info;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

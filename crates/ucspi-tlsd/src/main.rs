@@ -133,6 +133,8 @@ fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Re
         fd::set_cloexec(fd, false).map_err(sys("clear close-on-exec"))?;
         changes.set(name, fd.as_raw_fd().to_string());
     }
+    // This engine takes handovers (`H`, see chainmail_ucspi::env).
+    changes.set(env::HANDOVER_VAR, "1");
     let source = process::exec(&config.prog, &changes);
     Err(Error::Exec { prog: config.prog[0].to_string_lossy().into_owned(), source })
 }
@@ -154,15 +156,18 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         notice(format_args!("application declined TLS"));
         return Ok(());
     }
-    let ctl = match byte[0] {
+    // `Y` and `H` want the connection information back; `H` then hands
+    // descriptors over on the same socket, so it stays open for reading.
+    let (ctl, handover) = match byte[0] {
         b'y' => {
             drop(ctl);
-            None
+            (None, false)
         }
         b'Y' => {
             net::shutdown_read(&ctl).map_err(sys("shut down the control socket"))?;
-            Some(ctl)
+            (Some(ctl), false)
         }
+        env::HANDOVER_COMMAND => (Some(ctl), true),
         other => return Err(Error::ControlByte(other)),
     };
 
@@ -195,12 +200,32 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         let sni = info.server_name.unwrap_or("");
         notice(format_args!("TLS handshake done: {protocol} {cipher} sni={sni}"));
     }
+    let mut idle = None;
     if let Some(ctl) = ctl {
         fd::write_all(&ctl, &info.encode()).map_err(sys("write to the control socket"))?;
+        if handover {
+            match receive_handover(&ctl) {
+                Some((idle_ms, to_client, app_r, app_w)) => {
+                    // From here on the engine relays with what is behind the
+                    // new descriptors (the smtpd) and the proxy is gone.
+                    session.replace_app(app_r, app_w).map_err(sys("take the handed-over descriptors"))?;
+                    engine.queue_app_data(&to_client);
+                    idle = (idle_ms > 0).then(|| std::time::Duration::from_millis(idle_ms));
+                    notice(format_args!("the application handed its descriptors over"));
+                }
+                None => notice(format_args!("no handover: relaying through SSLREADFD and SSLWRITEFD")),
+            }
+        }
         drop(ctl);
     }
 
-    if let Err(e) = session.relay(&mut engine) {
+    session.resume_app();
+    if let Err(e) = session.relay(&mut engine, idle) {
+        if let RelayError::Idle = e {
+            notice(format_args!("nothing relayed for {:?}: session closed", idle.unwrap_or_default()));
+            session.abort(&mut engine);
+            return Ok(());
+        }
         // After the application's last byte has left and the write side
         // is shut down, a peer's alert is only a comment on how the
         // session ended: OpenSSL 3 sends one when EOF comes without
@@ -218,8 +243,26 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
             RelayError::Engine(e) => Error::Tls(e),
             RelayError::FlushTimeout => Error::FlushTimeout,
             RelayError::Poll(e) => Error::Sys { what: "poll", source: e },
+            RelayError::Idle => unreachable!("handled above"),
         });
     }
     session.drain();
     Ok(())
+}
+
+/// The handover message after `H` (chainmail_ucspi::env): the relay's idle
+/// timeout, the bytes for the client, and two descriptors (where the
+/// client's plaintext goes, where plaintext for the client comes from).
+/// `None` when the application closes the socket without one, or does not
+/// send it within 10 seconds: the ordinary relay goes on.
+fn receive_handover(ctl: &OwnedFd) -> Option<(u64, Vec<u8>, OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    setsockopt(ctl, ReceiveTimeout, &TimeVal::seconds(10)).ok()?;
+    let (message, mut fds) = fd::recv_with_fds(ctl, 1 << 20, 2).ok()?;
+    let (idle_ms, to_client) = env::decode_handover(&message)?;
+    let to_client = to_client.to_vec();
+    let from_app = fds.pop()?;
+    let to_app = fds.pop()?;
+    Some((idle_ms, to_client, from_app, to_app))
 }

@@ -41,6 +41,9 @@ pub struct Session {
     net_writable: bool,
     app_readable: bool,
     app_writable: bool,
+    /// The application's side is not touched: during the handshake and
+    /// until a possible handover has settled which descriptors it is.
+    app_paused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl Session {
             net_writable: true,
             app_readable: true,
             app_writable: true,
+            app_paused: true,
         }
     }
 
@@ -84,7 +88,7 @@ impl Session {
                     Step::Closed => moved = true,
                 }
             }
-            if engine.wants().app_write && self.app_writable {
+            if engine.wants().app_write && self.app_writable && !self.app_paused {
                 if let Some(w) = &self.app_w {
                     match engine.write_app(&mut FdIo(w.as_fd()))? {
                         Step::Blocked => self.app_writable = false,
@@ -92,7 +96,7 @@ impl Session {
                     }
                 }
             }
-            if engine.wants().app_read && self.app_readable {
+            if engine.wants().app_read && self.app_readable && !self.app_paused {
                 if let Some(r) = &self.app_r {
                     match engine.read_app(&mut FdIo(r.as_fd()))? {
                         Step::Blocked => self.app_readable = false,
@@ -160,10 +164,11 @@ impl Session {
         if let (true, Some(fd)) = (w.net_write, net_w) {
             add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLOUT, Slot::NetW);
         }
-        if let (true, Some(fd)) = (w.app_read, app_r) {
+        let paused = self.app_paused;
+        if let (true, false, Some(fd)) = (w.app_read, paused, app_r) {
             add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLIN, Slot::AppR);
         }
-        if let Some(fd) = app_w {
+        if let (false, Some(fd)) = (paused, app_w) {
             // Without interest, POLLERR still says the reader went away.
             let ev = if w.app_write { PollFlags::POLLOUT } else { PollFlags::empty() };
             add(&mut pfds, &mut slots, &mut n, fd.as_fd(), ev, Slot::AppW);
@@ -224,9 +229,32 @@ impl Session {
         net::quickack(&self.net_r);
     }
 
-    /// Relays until the session is over.
-    pub fn relay(&mut self, engine: &mut Engine) -> Result<(), RelayError> {
+    /// Starts moving the application's plaintext (after the handshake and
+    /// the handover, if any).
+    pub fn resume_app(&mut self) {
+        self.app_paused = false;
+    }
+
+    /// Takes over the application's side from new descriptors (a
+    /// handover): `app_r` is where plaintext for the network comes from,
+    /// `app_w` where the network's plaintext goes. The old ones are
+    /// closed.
+    pub fn replace_app(&mut self, app_r: OwnedFd, app_w: OwnedFd) -> std::io::Result<()> {
+        fd::set_nonblocking(&app_r, true)?;
+        fd::set_nonblocking(&app_w, true)?;
+        self.app_r = Some(app_r);
+        self.app_w = Some(app_w);
+        self.app_readable = true;
+        self.app_writable = true;
+        Ok(())
+    }
+
+    /// Relays until the session is over, or until nothing happened on any
+    /// descriptor for `idle` (`RelayError::Idle`).
+    pub fn relay(&mut self, engine: &mut Engine, idle: Option<Duration>) -> Result<(), RelayError> {
         let mut flush_deadline = Deadline::NEVER;
+        let idle_deadline = || idle.map_or(Deadline::NEVER, Deadline::after);
+        let mut quiet_until = idle_deadline();
         loop {
             self.pump(engine).map_err(RelayError::Engine)?;
             if engine.is_finished() {
@@ -235,9 +263,10 @@ impl Session {
             if engine.is_flushing() && flush_deadline == Deadline::NEVER {
                 flush_deadline = Deadline::after(FLUSH_TIMEOUT);
             }
-            match self.wait(engine, flush_deadline).map_err(RelayError::Poll)? {
-                Waited::Ready => {}
-                Waited::TimedOut if engine.is_flushing() => return Err(RelayError::FlushTimeout),
+            match self.wait(engine, flush_deadline.min(quiet_until)).map_err(RelayError::Poll)? {
+                Waited::Ready => quiet_until = idle_deadline(),
+                Waited::TimedOut if flush_deadline.expired() => return Err(RelayError::FlushTimeout),
+                Waited::TimedOut if quiet_until.expired() => return Err(RelayError::Idle),
                 // Nothing left to wait for (should not happen): the end.
                 Waited::TimedOut => return Ok(()),
             }
@@ -275,6 +304,8 @@ pub enum HandshakeError {
 /// How a relay failed.
 #[derive(Debug)]
 pub enum RelayError {
+    /// Nothing happened for the idle time of a handover.
+    Idle,
     Engine(EngineError),
     Poll(std::io::Error),
     FlushTimeout,

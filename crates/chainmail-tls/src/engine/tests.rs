@@ -267,6 +267,22 @@ fn handshake_and_data_both_ways_in_every_chunk_size() {
 }
 
 #[test]
+fn queued_data_goes_out_before_the_application_data() {
+    for chunk in [1, 7, 64] {
+        let mut rig = Rig::new(chunk, Policy::default());
+        rig.handshake();
+        rig.app_in.data.extend(b" and then the application");
+        rig.engine.queue_app_data(b"250 left over by a proxy\r\n");
+        rig.settle();
+        assert_eq!(rig.got, b"250 left over by a proxy\r\n and then the application", "chunk {chunk}");
+        // Nothing queued: nothing happens.
+        rig.engine.queue_app_data(b"");
+        rig.settle();
+        assert!(rig.engine_error.is_none());
+    }
+}
+
+#[test]
 fn tls12_handshake_and_data() {
     for chunk in [1, 7, 64] {
         let mut rig = Rig::with_client(chunk, Policy::default(), client(&[&rustls::version::TLS12]));
