@@ -439,3 +439,46 @@ fn garbage_instead_of_a_client_hello_closes_the_connection() {
     assert!(end.is_closed());
     server.wait_sessions_gone(secs(20));
 }
+
+/// An engine idle for a second gives back the code pages its handshake
+/// touched (they stay in the page cache), and its session goes on as if
+/// nothing happened.
+#[test]
+fn an_idle_engine_gives_back_its_code_pages_and_keeps_working() {
+    let dir = TestDir::new("idle_trim");
+    let server = Chain::new(&dir).start();
+    let ca = dir.certs().ca();
+    let client = TlsClient::new(&ca, TlsVersion::Tls13, "mx.test", None);
+    let mut c = server.connect_greeted().starttls(&client);
+    c.cmd_expect("EHLO client.test", 250);
+    let engine = server
+        .session_processes()
+        .into_iter()
+        .find(|p| p.comm == "ucspi-tlsd")
+        .unwrap_or_else(|| panic!("no engine\n{}", server.diagnostics()));
+    let pss_file = || -> u64 {
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", engine.pid)).expect("smaps_rollup");
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss_File:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("Pss_File")
+    };
+    let before = pss_file();
+    let deadline = Instant::now() + secs(10);
+    let after = loop {
+        let now = pss_file();
+        if now * 2 < before {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "still {now} KiB of file pages (from {before} KiB)");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(after < before / 2);
+    let r = c.send_mail("a@x.test", "b@y.test", "after the trim\r\n");
+    assert_eq!(r.code, 250, "{}", c.transcript_string());
+    c.quit();
+    assert_eq!(server.messages().len(), 1);
+    server.wait_sessions_gone(secs(20));
+    server.assert_stderr_empty();
+}

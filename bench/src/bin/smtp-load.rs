@@ -21,7 +21,7 @@
 //!   time (the descendants of PID, and PID itself with `--include-root`,
 //!   minus those named by `--exclude-comm`), from their schedstat.
 //! - `idle`: opens `k` sessions up to the EHLO after the handshake, lets
-//!   them idle, and sums the PSS (`/proc/PID/smaps_rollup`) of the
+//!   them idle for 2 s, and sums the PSS (`/proc/PID/smaps_rollup`) of the
 //!   server's per-session processes (selected as for `bulk`); the
 //!   processes' sum before the sessions opened is subtracted. Then every
 //!   session quits and must get its 221.
@@ -443,8 +443,10 @@ fn idle(o: &Opts) -> Result<bool, String> {
             open += 1;
         }
     }
-    // Let the processes finish whatever follows the EHLO reply.
-    std::thread::sleep(Duration::from_millis(500));
+    // Idle means idle: 2 s without traffic (the TLS engine and the relay
+    // give their code pages back after 1 s, see ucspi-tlsd's
+    // TRIM_AFTER).
+    std::thread::sleep(Duration::from_secs(2));
     let sel = procs::selection(pid, o.include_root, &o.exclude);
     let (m, comms) = memory_of(&sel);
     drop(held);

@@ -28,6 +28,10 @@ const CHUNK: usize = 1 << 16;
 /// Transfers per leg and wake-up, at most.
 const STEPS_PER_WAKEUP: usize = 8;
 
+/// How long a relay must be idle before the process gives its code pages
+/// back.
+pub const TRIM_AFTER: Duration = Duration::from_secs(1);
+
 /// One direction of a relay, as given to [`Relay::new`].
 #[derive(Debug)]
 pub struct LegSpec {
@@ -322,9 +326,14 @@ impl Relay {
     }
 
     /// Runs until both directions are done or the idle time passes.
+    ///
+    /// After [`TRIM_AFTER`] without a byte moving, the process gives its
+    /// code pages back ([`crate::process::release_clean_file_pages`]),
+    /// once per idle period.
     pub fn run(mut self) -> io::Result<Report> {
         let mut last_progress = Instant::now();
         let mut linger_deadline = Deadline::NEVER;
+        let mut trimmed = false;
         loop {
             let live = self.legs.iter().filter(|l| l.state != State::Done).count();
             if live == 0 {
@@ -348,7 +357,15 @@ impl Relay {
             if idle_deadline.expired() {
                 return Ok(self.report(Outcome::IdleTimeout));
             }
-            let deadline = idle_deadline.min(if only_discarding { linger_deadline } else { Deadline::NEVER });
+            let trim_deadline = if trimmed { Deadline::NEVER } else { Deadline::at(last_progress + TRIM_AFTER) };
+            if trim_deadline.expired() {
+                let _ = crate::process::release_clean_file_pages();
+                trimmed = true;
+                continue;
+            }
+            let deadline = idle_deadline
+                .min(if only_discarding { linger_deadline } else { Deadline::NEVER })
+                .min(trim_deadline);
 
             // Build the poll set: the descriptor each leg waits on, plus
             // each leg's destination with no events, so that a reader that
@@ -409,6 +426,7 @@ impl Relay {
                     Which::Src | Which::Dst => {
                         if leg.step() {
                             last_progress = Instant::now();
+                            trimmed = false;
                         }
                     }
                 }

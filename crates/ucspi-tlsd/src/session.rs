@@ -14,6 +14,8 @@ use nix::poll::{PollFd, PollFlags};
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the network is drained at the end of a session.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session must be idle before it gives its code pages back.
+pub const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Work rounds between two flushes (each moves at most about 32 KiB per
 /// direction).
@@ -251,10 +253,15 @@ impl Session {
 
     /// Relays until the session is over, or until nothing happened on any
     /// descriptor for `idle` (`RelayError::Idle`).
+    ///
+    /// A session idle for [`TRIM_AFTER`] gives its code pages back
+    /// (`release_clean_file_pages`), once per idle period: an idle
+    /// engine then costs its data, not the code its handshake ran.
     pub fn relay(&mut self, engine: &mut Engine, idle: Option<Duration>) -> Result<(), RelayError> {
         let mut flush_deadline = Deadline::NEVER;
         let idle_deadline = || idle.map_or(Deadline::NEVER, Deadline::after);
         let mut quiet_until = idle_deadline();
+        let mut trim_at = Deadline::after(TRIM_AFTER);
         loop {
             self.pump(engine).map_err(RelayError::Engine)?;
             if engine.is_finished() {
@@ -263,10 +270,17 @@ impl Session {
             if engine.is_flushing() && flush_deadline == Deadline::NEVER {
                 flush_deadline = Deadline::after(FLUSH_TIMEOUT);
             }
-            match self.wait(engine, flush_deadline.min(quiet_until)).map_err(RelayError::Poll)? {
-                Waited::Ready => quiet_until = idle_deadline(),
+            match self.wait(engine, flush_deadline.min(quiet_until).min(trim_at)).map_err(RelayError::Poll)? {
+                Waited::Ready => {
+                    quiet_until = idle_deadline();
+                    trim_at = Deadline::after(TRIM_AFTER);
+                }
                 Waited::TimedOut if flush_deadline.expired() => return Err(RelayError::FlushTimeout),
                 Waited::TimedOut if quiet_until.expired() => return Err(RelayError::Idle),
+                Waited::TimedOut if trim_at.expired() => {
+                    let _ = chainmail_ucspi::process::release_clean_file_pages();
+                    trim_at = Deadline::NEVER;
+                }
                 // Nothing left to wait for (should not happen): the end.
                 Waited::TimedOut => return Ok(()),
             }
