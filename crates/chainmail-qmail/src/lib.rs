@@ -23,6 +23,7 @@
 pub mod address;
 pub mod control;
 pub mod ipme;
+pub mod message;
 pub mod remote_io;
 pub mod report;
 pub mod routes;

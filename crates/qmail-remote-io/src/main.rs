@@ -23,7 +23,7 @@ use chainmail_qmail::remote_io::{self, TlsMode};
 use chainmail_qmail::report::fmt_ip;
 use chainmail_qmail::{Final, RemoteText, Report, Verdict as Letter};
 use chainmail_smtp::client::{Attempt, Client, Outcome, RcptResult, Skip, Status, TlsWish, Verdict};
-use chainmail_smtp::data::{DataEncoder, MessageFacts, MessageScanner};
+use chainmail_smtp::data::{DataEncoder, MessageFacts};
 use chainmail_smtp::reply::Reply;
 use chainmail_tls::client::{Anchors, ClientSettings, ServerAuth, client_config, server_name};
 use chainmail_ucspi::fd;
@@ -229,35 +229,10 @@ fn records(ip: std::net::IpAddr, valid: &[Result<usize, String>], results: &[Rcp
     r.finish()
 }
 
-fn scan_message() -> Result<MessageFacts, Final> {
-    let stdin = std::io::stdin();
-    let mut scanner = MessageScanner::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match fd::read(&stdin.as_fd(), &mut buf) {
-            Ok(0) => break,
-            Ok(n) => scanner.scan(&buf[..n]),
-            Err(_) => return Err(Final::unreadable_message()),
-        }
-    }
-    let facts = scanner.finish();
-    if facts.partial_final_line {
-        return Err(Final::partial_line());
-    }
-    Ok(facts)
-}
-
-fn rewind() -> Result<(), Final> {
-    let stdin = std::io::stdin();
-    nix::unistd::lseek(stdin.as_fd(), 0, nix::unistd::Whence::SeekSet)
-        .map(|_| ())
-        .map_err(|_| Final::unreadable_message())
-}
-
 /// Streams the encoded message and its terminator.
 fn send_message(conn: &mut Conn) -> Result<(), Result<ConnError, Final>> {
-    rewind().map_err(Err)?;
     let stdin = std::io::stdin();
+    chainmail_qmail::message::rewind(&stdin).map_err(Err)?;
     let mut enc = DataEncoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(70 * 1024);
@@ -319,7 +294,7 @@ fn run(o: &Options) -> Ending {
     }
     let facts = match o.size {
         Some(size) => MessageFacts { encoded_size: size, eight_bit: o.eight_bit, partial_final_line: false },
-        None => match scan_message() {
+        None => match chainmail_qmail::message::facts(std::io::stdin().as_fd()) {
             Ok(f) => f,
             Err(f) => return only(f, remote_io::EXIT_FINAL),
         },

@@ -159,12 +159,10 @@ pub fn run(job: &Job<'_>, target: &Target, mode: TlsMode, sock: OwnedFd) -> Atte
 /// A temporary failure of our own making. Nothing was delivered, or if
 /// qmail-remote-io died after the final dot, we cannot know: say so.
 fn crashed(what: &str) -> Vec<u8> {
-    let mut r = chainmail_qmail::Report::new();
-    r.conclude(chainmail_qmail::Final::custom(
+    crate::report_of(chainmail_qmail::Final::custom(
         chainmail_qmail::Verdict::Deferred,
         format!("{what}; the message may have been delivered. (#4.3.0)\n").as_bytes(),
-    ));
-    r.finish()
+    ))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
 use chainmail_qmail::remote_io::TlsMode;
 use chainmail_qmail::tcpto::{Tcpto, unix_now};
 use chainmail_qmail::{Final, Report, Verdict};
-use chainmail_smtp::data::{MessageFacts, MessageScanner};
+use chainmail_smtp::data::MessageFacts;
 
 use crate::attempt::{Attempted, Job};
 use crate::connect::{ConnectError, connect_within};
@@ -60,27 +60,11 @@ fn make_message_seekable() -> Result<(), Final> {
     Ok(())
 }
 
-/// Reads the whole message once: its size as sent, whether it has 8-bit
-/// bytes, whether it ends with a line end. Then rewinds it.
+/// Reads the whole message once (`chainmail_qmail::message::facts`), after
+/// making sure it can be read again.
 fn scan_message() -> Result<MessageFacts, Final> {
     make_message_seekable()?;
-    let stdin = std::io::stdin();
-    let fd0 = stdin.as_fd();
-    let mut scanner = MessageScanner::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match chainmail_ucspi::fd::read(&fd0, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => scanner.scan(&buf[..n]),
-            Err(_) => return Err(Final::unreadable_message()),
-        }
-    }
-    nix::unistd::lseek(fd0, 0, nix::unistd::Whence::SeekSet).map_err(|_| Final::unreadable_message())?;
-    let facts = scanner.finish();
-    if facts.partial_final_line {
-        return Err(Final::partial_line());
-    }
-    Ok(facts)
+    chainmail_qmail::message::facts(std::io::stdin().as_fd())
 }
 
 /// The TLS modes of the passes over the addresses, from
