@@ -132,7 +132,8 @@ fn qmail_beside_installs_under_another_name() {
     fs::write(home.join("bin/qmail-remote"), stock).expect("write");
     let v1 = fake_build(&dir, "v1");
     let prefix = dir.join("manifest-prefix");
-    let out = install(&v1, &["--prefix", prefix.to_str().expect("utf-8"), "--qmail-beside", home.to_str().expect("utf-8")]);
+    let out =
+        install(&v1, &["--prefix", prefix.to_str().expect("utf-8"), "--qmail-beside", home.to_str().expect("utf-8")]);
     assert!(out.success(), "{}", out.describe());
     assert_eq!(content(&home.join("bin/qmail-remote")), stock);
     assert!(content(&home.join("bin/qmail-remote-chainmail")).contains("qmail-remote v1"));

@@ -104,9 +104,9 @@ fn is_atext(b: u8) -> bool {
 pub fn needs_quoting(local: &[u8]) -> bool {
     let utf8 = std::str::from_utf8(local).is_ok();
     local.is_empty()
-        || local.split(|&b| b == b'.').any(|atom| {
-            atom.is_empty() || !atom.iter().all(|&b| is_atext(b) || (utf8 && b >= 0x80))
-        })
+        || local
+            .split(|&b| b == b'.')
+            .any(|atom| atom.is_empty() || !atom.iter().all(|&b| is_atext(b) || (utf8 && b >= 0x80)))
 }
 
 /// The local part as a quoted string: `"` … `"` with `\` before `"` and
@@ -136,27 +136,17 @@ fn encode(address: &[u8]) -> Result<SmtpPath, AddressError> {
         Some(at) => (&address[..at], Some(&address[at..])),
         None => (address, None),
     };
-    let mut path = if needs_quoting(local) {
-        quote(local)
-    } else {
-        local.to_vec()
-    };
+    let mut path = if needs_quoting(local) { quote(local) } else { local.to_vec() };
     if let Some(domain) = domain {
         path.extend_from_slice(domain);
     }
-    Ok(SmtpPath {
-        path,
-        smtputf8: !address.is_ascii(),
-    })
+    Ok(SmtpPath { path, smtputf8: !address.is_ascii() })
 }
 
 /// The reverse-path for qmail's envelope sender `sender`.
 pub fn encode_sender(sender: &[u8]) -> Result<SmtpPath, AddressError> {
     if sender.is_empty() || sender == b"#@[]" {
-        return Ok(SmtpPath {
-            path: Vec::new(),
-            smtputf8: false,
-        });
+        return Ok(SmtpPath { path: Vec::new(), smtputf8: false });
     }
     encode(sender)
 }
@@ -180,11 +170,7 @@ mod tests {
             (b"#@[]", b"<>", false),
             (b"user@example.com", b"<user@example.com>", false),
             (b"#@example.com", b"<#@example.com>", false),
-            (
-                b"first.last+tag@example.com",
-                b"<first.last+tag@example.com>",
-                false,
-            ),
+            (b"first.last+tag@example.com", b"<first.last+tag@example.com>", false),
         ];
         for (sender, want, utf8) in cases {
             let p = encode_sender(sender).expect("valid");
@@ -213,31 +199,21 @@ mod tests {
             (b"post master", b"\"post master\""),
             (b"#@[]", b"#@[]"),
             (b"user@[192.0.2.1]", b"user@[192.0.2.1]"),
-            (
-                "jöran@example.com".as_bytes(),
-                "jöran@example.com".as_bytes(),
-            ),
+            ("jöran@example.com".as_bytes(), "jöran@example.com".as_bytes()),
             ("user@exämple.com".as_bytes(), "user@exämple.com".as_bytes()),
             (b"l\xe4tin1@example.com", b"\"l\xe4tin1\"@example.com"),
         ];
         for (rcpt, want) in cases {
             let p = encode_recipient(rcpt).expect("valid");
-            assert_eq!(
-                String::from_utf8_lossy(p.as_bytes()),
-                String::from_utf8_lossy(want),
-                "{rcpt:?}"
-            );
+            assert_eq!(String::from_utf8_lossy(p.as_bytes()), String::from_utf8_lossy(want), "{rcpt:?}");
             assert_eq!(p.needs_smtputf8(), !rcpt.is_ascii(), "{rcpt:?}");
         }
     }
 
     #[test]
     fn injection_is_refused() {
-        let cases: &[(&[u8], u8, usize)] = &[
-            (b"a@example.com>\r\nRSET", b'\r', 14),
-            (b"a\n@example.com", b'\n', 1),
-            (b"a@exa\0mple.com", 0, 5),
-        ];
+        let cases: &[(&[u8], u8, usize)] =
+            &[(b"a@example.com>\r\nRSET", b'\r', 14), (b"a\n@example.com", b'\n', 1), (b"a@exa\0mple.com", 0, 5)];
         for (addr, byte, position) in cases {
             let want = AddressError::Forbidden {
                 byte: *byte,
@@ -249,10 +225,7 @@ mod tests {
         }
         assert_eq!(encode_recipient(b""), Err(AddressError::EmptyRecipient));
         let e = encode_recipient(b"a\r@b").expect_err("refused");
-        assert_eq!(
-            e.to_string(),
-            "the address \"a\\r@b\" contains a carriage return at byte 1"
-        );
+        assert_eq!(e.to_string(), "the address \"a\\r@b\" contains a carriage return at byte 1");
     }
 
     #[test]
@@ -260,18 +233,7 @@ mod tests {
         for local in [&b"a"[..], b"a.b", b"!#$%&'*+-/=?^_`{|}~", b"0"] {
             assert!(!needs_quoting(local), "{local:?}");
         }
-        for local in [
-            &b""[..],
-            b".",
-            b"a.",
-            b".a",
-            b"a..b",
-            b"a b",
-            b"a\"b",
-            b"a,b",
-            b"a:b",
-            b"[a]",
-        ] {
+        for local in [&b""[..], b".", b"a.", b".a", b"a..b", b"a b", b"a\"b", b"a,b", b"a:b", b"[a]"] {
             assert!(needs_quoting(local), "{local:?}");
         }
     }

@@ -111,10 +111,7 @@ pub enum ControlError {
 
 /// Strips trailing whitespace (space, tab, LF, CR) as `control.c` does.
 pub fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .map_or(0, |i| i + 1);
+    let end = line.iter().rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).map_or(0, |i| i + 1);
     &line[..end]
 }
 
@@ -136,9 +133,7 @@ pub fn scan_number(line: &[u8]) -> Option<u64> {
     if digits == 0 {
         return None;
     }
-    Some(line[..digits].iter().fold(0u64, |n, &d| {
-        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-    }))
+    Some(line[..digits].iter().fold(0u64, |n, &d| n.saturating_mul(10).saturating_add(u64::from(d - b'0'))))
 }
 
 /// One meaningful line of a list file.
@@ -156,18 +151,12 @@ pub fn lines(content: &[u8]) -> impl Iterator<Item = Line<'_>> {
     content
         .split(|&b| b == b'\n')
         .enumerate()
-        .map(|(i, raw)| Line {
-            number: i + 1,
-            text: strip_trailing_whitespace(raw),
-        })
+        .map(|(i, raw)| Line { number: i + 1, text: strip_trailing_whitespace(raw) })
         .filter(|l| !l.text.is_empty() && l.text[0] != b'#')
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
-    move |source| ControlError::Read {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ControlError::Read { path: path.to_path_buf(), source }
 }
 
 /// Reads a line file: `None` when it does not exist.
@@ -178,9 +167,7 @@ pub fn read_line(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
         Err(e) => return Err(read_err(path)(e)),
     };
     let mut buf = Vec::new();
-    BufReader::new(file.take(MAX_LINE))
-        .read_until(b'\n', &mut buf)
-        .map_err(read_err(path))?;
+    BufReader::new(file.take(MAX_LINE)).read_until(b'\n', &mut buf).map_err(read_err(path))?;
     Ok(Some(first_line(&buf).to_vec()))
 }
 
@@ -261,11 +248,7 @@ impl TrustAnchors {
             TrustAnchors::BuiltIn
         } else {
             let path = home.join(OsStr::from_bytes(value));
-            if value.ends_with(b"/") {
-                TrustAnchors::Dir(path)
-            } else {
-                TrustAnchors::File(path)
-            }
+            if value.ends_with(b"/") { TrustAnchors::Dir(path) } else { TrustAnchors::File(path) }
         }
     }
 
@@ -373,18 +356,13 @@ impl Control {
             None => match &me {
                 Some(m) => check_helohost(&me_path, m)?,
                 None => {
-                    return Err(ControlError::NoHelohost {
-                        me: me_path,
-                        helohost: helo_path,
-                    });
+                    return Err(ControlError::NoHelohost { me: me_path, helohost: helo_path });
                 }
             },
         };
         let me = me.map(|m| String::from_utf8_lossy(&m).into_owned());
 
-        let tls_strictness = read_number(&path("tlsstrictness"))?
-            .map(TlsStrictness::from_number)
-            .unwrap_or_default();
+        let tls_strictness = read_number(&path("tlsstrictness"))?.map(TlsStrictness::from_number).unwrap_or_default();
         let trust_anchors = match read_line(&path("trustanchors"))? {
             Some(v) => TrustAnchors::from_value(&v, home),
             None => TrustAnchors::None,
@@ -404,10 +382,7 @@ impl Control {
                 Some(ClientIdentity { cert, key })
             }
             (None, Some(_)) => {
-                return Err(ControlError::KeyWithoutCert {
-                    clientkey: key_path,
-                    clientcert: cert_path,
-                });
+                return Err(ControlError::KeyWithoutCert { clientkey: key_path, clientcert: cert_path });
             }
             (None, None) => None,
         };
@@ -440,11 +415,7 @@ mod tests {
             (Some("/tmp/q/"), "/tmp/q/"),
         ];
         for (value, want) in cases {
-            assert_eq!(
-                qmail_home(value.map(OsStr::new)),
-                PathBuf::from(want),
-                "{value:?}"
-            );
+            assert_eq!(qmail_home(value.map(OsStr::new)), PathBuf::from(want), "{value:?}");
         }
     }
 
@@ -486,10 +457,7 @@ mod tests {
     fn list_lines_skip_blank_and_comments() {
         let text = b"# comment\n\na:b  \n  \n#x:y\nc:d\r\ne:f";
         let got: Vec<(usize, &[u8])> = lines(text).map(|l| (l.number, l.text)).collect();
-        assert_eq!(
-            got,
-            vec![(3, &b"a:b"[..]), (6, &b"c:d"[..]), (7, &b"e:f"[..])]
-        );
+        assert_eq!(got, vec![(3, &b"a:b"[..]), (6, &b"c:d"[..]), (7, &b"e:f"[..])]);
         assert_eq!(lines(b"").count(), 0);
         assert_eq!(lines(b"\n\n").count(), 0);
     }
@@ -516,22 +484,10 @@ mod tests {
         let cases: &[(&[u8], TrustAnchors)] = &[
             (b"", TrustAnchors::None),
             (b"builtin", TrustAnchors::BuiltIn),
-            (
-                b"Builtin",
-                TrustAnchors::File(PathBuf::from("/var/qmail/Builtin")),
-            ),
-            (
-                b"/etc/ssl/cert.pem",
-                TrustAnchors::File(PathBuf::from("/etc/ssl/cert.pem")),
-            ),
-            (
-                b"/etc/ssl/certs/",
-                TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/")),
-            ),
-            (
-                b"control/ca.pem",
-                TrustAnchors::File(PathBuf::from("/var/qmail/control/ca.pem")),
-            ),
+            (b"Builtin", TrustAnchors::File(PathBuf::from("/var/qmail/Builtin"))),
+            (b"/etc/ssl/cert.pem", TrustAnchors::File(PathBuf::from("/etc/ssl/cert.pem"))),
+            (b"/etc/ssl/certs/", TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/"))),
+            (b"control/ca.pem", TrustAnchors::File(PathBuf::from("/var/qmail/control/ca.pem"))),
         ];
         for (value, want) in cases {
             assert_eq!(TrustAnchors::from_value(value, home), *want, "{value:?}");
@@ -574,29 +530,19 @@ mod tests {
     #[test]
     fn helohost_overrides_me_and_me_may_be_missing() {
         let dir = home_with(&[("me", b"me.example\n"), ("helohost", b"helo.example \n")]);
-        assert_eq!(
-            Control::load(dir.path()).expect("load").helohost,
-            "helo.example"
-        );
+        assert_eq!(Control::load(dir.path()).expect("load").helohost, "helo.example");
         let dir = home_with(&[("helohost", b"helo.example\n")]);
         let c = Control::load(dir.path()).expect("load");
         assert_eq!(c.helohost, "helo.example");
         assert_eq!(c.me, None);
         // An empty helohost falls back to me.
         let dir = home_with(&[("me", b"me.example\n"), ("helohost", b"\n")]);
-        assert_eq!(
-            Control::load(dir.path()).expect("load").helohost,
-            "me.example"
-        );
+        assert_eq!(Control::load(dir.path()).expect("load").helohost, "me.example");
     }
 
     #[test]
     fn no_helo_name_is_an_error() {
-        for files in [
-            &[][..],
-            &[("me", &b"\n"[..])][..],
-            &[("helohost", &b""[..])][..],
-        ] {
+        for files in [&[][..], &[("me", &b"\n"[..])][..], &[("helohost", &b""[..])][..]] {
             let dir = home_with(files);
             match Control::load(dir.path()) {
                 Err(ControlError::NoHelohost { .. }) => {}
@@ -640,19 +586,12 @@ mod tests {
             let c = Control::load(dir.path()).expect("load");
             assert_eq!(c.timeout_remote, Duration::from_secs(*want), "{content:?}");
         }
-        let dir = home_with(&[
-            ("me", b"me\n"),
-            ("timeoutconnect", b"5\n"),
-            ("timeoutdns", b"0\n"),
-        ]);
+        let dir = home_with(&[("me", b"me\n"), ("timeoutconnect", b"5\n"), ("timeoutdns", b"0\n")]);
         let c = Control::load(dir.path()).expect("load");
         assert_eq!(c.timeout_connect, Duration::from_secs(5));
         assert_eq!(c.timeout_dns, Duration::from_secs(DEFAULT_TIMEOUT_DNS));
         let dir = home_with(&[("me", b"me\n"), ("timeoutdns", b"7\n")]);
-        assert_eq!(
-            Control::load(dir.path()).expect("load").timeout_dns,
-            Duration::from_secs(7)
-        );
+        assert_eq!(Control::load(dir.path()).expect("load").timeout_dns, Duration::from_secs(7));
     }
 
     #[test]
@@ -666,10 +605,7 @@ mod tests {
         ]);
         let c = Control::load(dir.path()).expect("load");
         assert_eq!(c.tls_strictness, TlsStrictness::Required);
-        assert_eq!(
-            c.trust_anchors,
-            TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/"))
-        );
+        assert_eq!(c.trust_anchors, TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/")));
         assert_eq!(
             c.client_identity,
             Some(ClientIdentity {
@@ -680,26 +616,13 @@ mod tests {
 
         // A lone newline means no trust anchors; a certificate without a
         // key file holds both.
-        let dir = home_with(&[
-            ("me", b"me\n"),
-            ("trustanchors", b"\n"),
-            ("clientcert", b"control/clientcert.pem\n"),
-        ]);
+        let dir = home_with(&[("me", b"me\n"), ("trustanchors", b"\n"), ("clientcert", b"control/clientcert.pem\n")]);
         let c = Control::load(dir.path()).expect("load");
         assert_eq!(c.trust_anchors, TrustAnchors::None);
         let pem = dir.path().join("control/clientcert.pem");
-        assert_eq!(
-            c.client_identity,
-            Some(ClientIdentity {
-                cert: pem.clone(),
-                key: pem
-            })
-        );
+        assert_eq!(c.client_identity, Some(ClientIdentity { cert: pem.clone(), key: pem }));
 
         let dir = home_with(&[("me", b"me\n"), ("clientkey", b"/k.pem\n")]);
-        assert!(matches!(
-            Control::load(dir.path()),
-            Err(ControlError::KeyWithoutCert { .. })
-        ));
+        assert!(matches!(Control::load(dir.path()), Err(ControlError::KeyWithoutCert { .. })));
     }
 }

@@ -111,16 +111,14 @@ impl Ipme {
 
     /// The addresses of the network interfaces.
     pub fn detect() -> Result<Ipme, IpmeError> {
-        let addrs = nix::ifaddrs::getifaddrs()
-            .map_err(IpmeError::Detect)?
-            .filter_map(|ifa| {
-                let sa = ifa.address?;
-                if let Some(v4) = sa.as_sockaddr_in() {
-                    Some(IpAddr::V4(v4.ip()))
-                } else {
-                    sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
-                }
-            });
+        let addrs = nix::ifaddrs::getifaddrs().map_err(IpmeError::Detect)?.filter_map(|ifa| {
+            let sa = ifa.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        });
         Ok(Ipme::with(addrs, IpmeSource::Detected))
     }
 
@@ -162,21 +160,10 @@ mod tests {
 
     #[test]
     fn parse_list() {
-        let ipme = Ipme::parse(
-            b"# local\n192.0.2.1\n\n2001:DB8::1  \nfe80::1%eth0\r\n::ffff:198.51.100.7\n",
-        )
-        .expect("parses");
-        let want: Vec<IpAddr> = [
-            "0.0.0.0",
-            "192.0.2.1",
-            "198.51.100.7",
-            "::",
-            "2001:db8::1",
-            "fe80::1",
-        ]
-        .iter()
-        .map(|s| ip(s))
-        .collect();
+        let ipme =
+            Ipme::parse(b"# local\n192.0.2.1\n\n2001:DB8::1  \nfe80::1%eth0\r\n::ffff:198.51.100.7\n").expect("parses");
+        let want: Vec<IpAddr> =
+            ["0.0.0.0", "192.0.2.1", "198.51.100.7", "::", "2001:db8::1", "fe80::1"].iter().map(|s| ip(s)).collect();
         assert_eq!(ipme.addrs().collect::<Vec<_>>(), want);
         assert_eq!(ipme.source(), IpmeSource::File);
         for (addr, want) in [
@@ -202,11 +189,7 @@ mod tests {
             (b"\xff\n", 1),
         ];
         for (text, line) in cases {
-            assert_eq!(
-                Ipme::parse(text).expect_err("must fail").line,
-                *line,
-                "{text:?}"
-            );
+            assert_eq!(Ipme::parse(text).expect_err("must fail").line, *line, "{text:?}");
         }
         assert_eq!(Ipme::parse(b"").expect("empty").addrs().count(), 2);
     }

@@ -46,7 +46,8 @@ mod tests {
     fn file_with(content: &[u8]) -> std::fs::File {
         let dir = crate::testutil::TempDir::new("message");
         let path = dir.path().join("m");
-        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("open");
+        let mut f =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("open");
         f.write_all(content).expect("write");
         f.rewind().expect("rewind");
         f

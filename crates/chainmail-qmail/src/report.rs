@@ -51,12 +51,8 @@ impl RemoteText {
     /// after [`REPLY_TEXT_MAX`] bytes and always ends with a newline (stock
     /// qmail loses the final newline of a reply it cuts; we add one).
     pub fn from_raw(raw: &[u8]) -> RemoteText {
-        let mut text: Vec<u8> = raw
-            .iter()
-            .filter(|&&b| b != b'\r')
-            .take(REPLY_TEXT_MAX)
-            .map(|&b| if b == 0 { b'?' } else { b })
-            .collect();
+        let mut text: Vec<u8> =
+            raw.iter().filter(|&&b| b != b'\r').take(REPLY_TEXT_MAX).map(|&b| if b == 0 { b'?' } else { b }).collect();
         if !text.is_empty() && !text.ends_with(b"\n") {
             text.push(b'\n');
         }
@@ -112,11 +108,7 @@ impl Verdict {
 
     /// `Failed` for a permanent problem, `Deferred` otherwise.
     pub fn failure(permanent: bool) -> Verdict {
-        if permanent {
-            Verdict::Failed
-        } else {
-            Verdict::Deferred
-        }
+        if permanent { Verdict::Failed } else { Verdict::Deferred }
     }
 }
 
@@ -144,10 +136,7 @@ pub fn fmt_ip(ip: IpAddr) -> String {
 
 /// NULs become `?` and the text ends with a newline.
 fn sanitize(text: &[u8]) -> Vec<u8> {
-    let mut v: Vec<u8> = text
-        .iter()
-        .map(|&b| if b == 0 { b'?' } else { b })
-        .collect();
+    let mut v: Vec<u8> = text.iter().map(|&b| if b == 0 { b'?' } else { b }).collect();
     if !v.ends_with(b"\n") {
         v.push(b'\n');
     }
@@ -156,9 +145,7 @@ fn sanitize(text: &[u8]) -> Vec<u8> {
 
 /// Stock qmail's `outsafe`: bytes outside `!`..`~` become `?`.
 fn outsafe(text: &[u8]) -> Vec<u8> {
-    text.iter()
-        .map(|&b| if (33..=126).contains(&b) { b } else { b'?' })
-        .collect()
+    text.iter().map(|&b| if (33..=126).contains(&b) { b } else { b'?' }).collect()
 }
 
 /// `<prefix><ip><suffix>.\n` then `Remote host said: <reply>` if any, as
@@ -174,10 +161,7 @@ fn about_ip(prefix: &str, ip: IpAddr, suffix: &str, reply: Option<&RemoteText>) 
 
 impl Final {
     fn new(verdict: Verdict, text: Vec<u8>) -> Final {
-        Final {
-            verdict,
-            text: sanitize(&text),
-        }
+        Final { verdict, text: sanitize(&text) }
     }
 
     fn fixed(verdict: Verdict, text: &str) -> Final {
@@ -202,31 +186,17 @@ impl Final {
 
     /// `ZConnected to IP but greeting failed.`
     pub fn greeting_failed(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::Deferred,
-            about_ip("Connected to ", ip, " but greeting failed", Some(reply)),
-        )
+        Final::new(Verdict::Deferred, about_ip("Connected to ", ip, " but greeting failed", Some(reply)))
     }
 
     /// `ZConnected to IP but my name was rejected.`
     pub fn helo_rejected(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::Deferred,
-            about_ip(
-                "Connected to ",
-                ip,
-                " but my name was rejected",
-                Some(reply),
-            ),
-        )
+        Final::new(Verdict::Deferred, about_ip("Connected to ", ip, " but my name was rejected", Some(reply)))
     }
 
     /// `D` or `ZConnected to IP but sender was rejected.`
     pub fn sender_rejected(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::failure(permanent),
-            about_ip("Connected to ", ip, " but sender was rejected", Some(reply)),
-        )
+        Final::new(Verdict::failure(permanent), about_ip("Connected to ", ip, " but sender was rejected", Some(reply)))
     }
 
     /// `DGiving up on IP.`: every recipient was refused; `Z` when one of
@@ -239,26 +209,17 @@ impl Final {
 
     /// `D` or `ZIP failed on DATA command.`
     pub fn data_failed(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::failure(permanent),
-            about_ip("", ip, " failed on DATA command", Some(reply)),
-        )
+        Final::new(Verdict::failure(permanent), about_ip("", ip, " failed on DATA command", Some(reply)))
     }
 
     /// `D` or `ZIP failed after I sent the message.`
     pub fn message_failed(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::failure(permanent),
-            about_ip("", ip, " failed after I sent the message", Some(reply)),
-        )
+        Final::new(Verdict::failure(permanent), about_ip("", ip, " failed after I sent the message", Some(reply)))
     }
 
     /// `KIP accepted message.`
     pub fn accepted(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(
-            Verdict::Delivered,
-            about_ip("", ip, " accepted message", Some(reply)),
-        )
+        Final::new(Verdict::Delivered, about_ip("", ip, " accepted message", Some(reply)))
     }
 
     /// `DSorry, the sender address is invalid: REASON. (#5.1.7)`: it would
@@ -275,27 +236,16 @@ impl Final {
     /// `ZConnected to IP but connection died. (#4.4.2)`, with `Possible
     /// duplicate! ` before the code once the final dot has been sent.
     pub fn connection_died(ip: IpAddr, possible_duplicate: bool) -> Final {
-        let dup = if possible_duplicate {
-            "Possible duplicate! "
-        } else {
-            ""
-        };
+        let dup = if possible_duplicate { "Possible duplicate! " } else { "" };
         Final::new(
             Verdict::Deferred,
-            format!(
-                "Connected to {} but connection died. {dup}(#4.4.2)\n",
-                fmt_ip(ip)
-            )
-            .into_bytes(),
+            format!("Connected to {} but connection died. {dup}(#4.4.2)\n", fmt_ip(ip)).into_bytes(),
         )
     }
 
     /// `ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)`
     pub fn no_connection() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n",
-        )
+        Final::fixed(Verdict::Deferred, "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n")
     }
 
     /// `DSorry, I couldn't find any host named HOST. (#5.1.2)`; bytes of
@@ -309,27 +259,18 @@ impl Final {
 
     /// `ZSorry, I couldn't find any host by that name. (#4.1.2)`
     pub fn dns_temporary() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "Sorry, I couldn't find any host by that name. (#4.1.2)\n",
-        )
+        Final::fixed(Verdict::Deferred, "Sorry, I couldn't find any host by that name. (#4.1.2)\n")
     }
 
     /// `ZCNAME lookup failed temporarily. (#4.4.3)` (qmail 1.03; notqmail
     /// no longer looks up CNAMEs).
     pub fn cname_temporary() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "CNAME lookup failed temporarily. (#4.4.3)\n",
-        )
+        Final::fixed(Verdict::Deferred, "CNAME lookup failed temporarily. (#4.4.3)\n")
     }
 
     /// `DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)`
     pub fn no_mx() -> Final {
-        Final::fixed(
-            Verdict::Failed,
-            "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n",
-        )
+        Final::fixed(Verdict::Failed, "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n")
     }
 
     /// `DSorry. Although I'm listed as a best-preference MX or A for that
@@ -345,10 +286,7 @@ impl Final {
 
     /// `DSMTP cannot transfer messages with partial final lines. (#5.6.2)`
     pub fn partial_line() -> Final {
-        Final::fixed(
-            Verdict::Failed,
-            "SMTP cannot transfer messages with partial final lines. (#5.6.2)\n",
-        )
+        Final::fixed(Verdict::Failed, "SMTP cannot transfer messages with partial final lines. (#5.6.2)\n")
     }
 
     /// `ZUnable to read message. (#4.3.0)`
@@ -358,26 +296,17 @@ impl Final {
 
     /// `ZUnable to read control files. (#4.3.0)`
     pub fn unreadable_control() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "Unable to read control files. (#4.3.0)\n",
-        )
+        Final::fixed(Verdict::Deferred, "Unable to read control files. (#4.3.0)\n")
     }
 
     /// `ZUnable to switch to home directory. (#4.3.0)`
     pub fn no_home() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "Unable to switch to home directory. (#4.3.0)\n",
-        )
+        Final::fixed(Verdict::Deferred, "Unable to switch to home directory. (#4.3.0)\n")
     }
 
     /// `DI (qmail-remote) was invoked improperly. (#5.3.5)`
     pub fn usage() -> Final {
-        Final::fixed(
-            Verdict::Failed,
-            "I (qmail-remote) was invoked improperly. (#5.3.5)\n",
-        )
+        Final::fixed(Verdict::Failed, "I (qmail-remote) was invoked improperly. (#5.3.5)\n")
     }
 
     /// `ZOut of memory. (#4.3.0)`
@@ -387,19 +316,13 @@ impl Final {
 
     /// `ZSystem resources temporarily unavailable. (#4.3.0)`
     pub fn system_resources() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "System resources temporarily unavailable. (#4.3.0)\n",
-        )
+        Final::fixed(Verdict::Deferred, "System resources temporarily unavailable. (#4.3.0)\n")
     }
 
     /// `Zqmail-remote ended without a result. (#4.3.0)`: what
     /// [`Report::finish`] writes when no final record was set (a bug).
     pub fn no_result() -> Final {
-        Final::fixed(
-            Verdict::Deferred,
-            "qmail-remote ended without a result. (#4.3.0)\n",
-        )
+        Final::fixed(Verdict::Deferred, "qmail-remote ended without a result. (#4.3.0)\n")
     }
 }
 
@@ -429,10 +352,7 @@ impl Report {
     /// recipient.` and the reply.
     pub fn recipient_refused(&mut self, ip: IpAddr, permanent: bool, reply: &RemoteText) {
         let letter = if permanent { b'h' } else { b's' };
-        self.push(
-            letter,
-            &about_ip("", ip, " does not like recipient", Some(reply)),
-        );
+        self.push(letter, &about_ip("", ip, " does not like recipient", Some(reply)));
     }
 
     /// Adds `h` for the next recipient, whose address cannot be sent at
@@ -603,17 +523,11 @@ pub fn parse_records(output: &[u8]) -> Result<Vec<(u8, &[u8])>, ReportFormatErro
     let mut offset = 0;
     while offset < output.len() {
         let err = |reason| ReportFormatError { offset, reason };
-        if records
-            .last()
-            .is_some_and(|(l, _): &(u8, &[u8])| matches!(l, b'K' | b'Z' | b'D'))
-        {
+        if records.last().is_some_and(|(l, _): &(u8, &[u8])| matches!(l, b'K' | b'Z' | b'D')) {
             return Err(err("data after the final record"));
         }
         let rest = &output[offset..];
-        let end = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| err("record without its NUL"))?;
+        let end = rest.iter().position(|&b| b == 0).ok_or_else(|| err("record without its NUL"))?;
         let (letter, text) = match rest[..end].split_first() {
             Some((&l, t)) => (l, t),
             None => return Err(err("empty record")),
@@ -628,10 +542,7 @@ pub fn parse_records(output: &[u8]) -> Result<Vec<(u8, &[u8])>, ReportFormatErro
     }
     match records.last() {
         Some((b'K' | b'Z' | b'D', _)) => Ok(records),
-        _ => Err(ReportFormatError {
-            offset,
-            reason: "no final record",
-        }),
+        _ => Err(ReportFormatError { offset, reason: "no final record" }),
     }
 }
 
@@ -657,10 +568,7 @@ mod tests {
         let mut r = Report::new();
         r.recipient_accepted();
         assert!(r.conclude(Final::accepted(lo, &reply("250 2.0.0 queued\r\n"))));
-        assert_eq!(
-            finished(r),
-            "r\0K127.0.0.1 accepted message.\nRemote host said: 250 2.0.0 queued\n\0"
-        );
+        assert_eq!(finished(r), "r\0K127.0.0.1 accepted message.\nRemote host said: 250 2.0.0 queued\n\0");
     }
 
     #[test]
@@ -712,74 +620,35 @@ mod tests {
     fn fixed_messages() {
         let a = ip("::ffff:192.0.2.9");
         let cases: Vec<(Final, &str)> = vec![
-            (
-                Final::connection_died(a, false),
-                "ZConnected to 192.0.2.9 but connection died. (#4.4.2)\n",
-            ),
+            (Final::connection_died(a, false), "ZConnected to 192.0.2.9 but connection died. (#4.4.2)\n"),
             (
                 Final::connection_died(a, true),
                 "ZConnected to 192.0.2.9 but connection died. Possible duplicate! (#4.4.2)\n",
             ),
             (Final::giving_up(a, true), "DGiving up on 192.0.2.9.\n"),
             (Final::giving_up(a, false), "ZGiving up on 192.0.2.9.\n"),
-            (
-                Final::no_connection(),
-                "ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n",
-            ),
+            (Final::no_connection(), "ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n"),
             (
                 Final::host_not_found(b"ex ample.\x01com\xc3\xa9"),
                 "DSorry, I couldn't find any host named ex?ample.?com??. (#5.1.2)\n",
             ),
-            (
-                Final::host_not_found(b""),
-                "DSorry, I couldn't find any host named . (#5.1.2)\n",
-            ),
-            (
-                Final::dns_temporary(),
-                "ZSorry, I couldn't find any host by that name. (#4.1.2)\n",
-            ),
-            (
-                Final::cname_temporary(),
-                "ZCNAME lookup failed temporarily. (#4.4.3)\n",
-            ),
-            (
-                Final::no_mx(),
-                "DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n",
-            ),
+            (Final::host_not_found(b""), "DSorry, I couldn't find any host named . (#5.1.2)\n"),
+            (Final::dns_temporary(), "ZSorry, I couldn't find any host by that name. (#4.1.2)\n"),
+            (Final::cname_temporary(), "ZCNAME lookup failed temporarily. (#4.4.3)\n"),
+            (Final::no_mx(), "DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n"),
             (
                 Final::ambiguous_mx(),
                 "DSorry. Although I'm listed as a best-preference MX or A for that host,\n\
                  it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n",
             ),
-            (
-                Final::partial_line(),
-                "DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n",
-            ),
-            (
-                Final::unreadable_message(),
-                "ZUnable to read message. (#4.3.0)\n",
-            ),
-            (
-                Final::unreadable_control(),
-                "ZUnable to read control files. (#4.3.0)\n",
-            ),
-            (
-                Final::no_home(),
-                "ZUnable to switch to home directory. (#4.3.0)\n",
-            ),
-            (
-                Final::usage(),
-                "DI (qmail-remote) was invoked improperly. (#5.3.5)\n",
-            ),
+            (Final::partial_line(), "DSMTP cannot transfer messages with partial final lines. (#5.6.2)\n"),
+            (Final::unreadable_message(), "ZUnable to read message. (#4.3.0)\n"),
+            (Final::unreadable_control(), "ZUnable to read control files. (#4.3.0)\n"),
+            (Final::no_home(), "ZUnable to switch to home directory. (#4.3.0)\n"),
+            (Final::usage(), "DI (qmail-remote) was invoked improperly. (#5.3.5)\n"),
             (Final::out_of_memory(), "ZOut of memory. (#4.3.0)\n"),
-            (
-                Final::system_resources(),
-                "ZSystem resources temporarily unavailable. (#4.3.0)\n",
-            ),
-            (
-                Final::custom(Verdict::Deferred, b"TLS\0failed"),
-                "ZTLS?failed\n",
-            ),
+            (Final::system_resources(), "ZSystem resources temporarily unavailable. (#4.3.0)\n"),
+            (Final::custom(Verdict::Deferred, b"TLS\0failed"), "ZTLS?failed\n"),
             (
                 Final::sender_rejected(a, true, &reply("553 no\r\n")),
                 "DConnected to 192.0.2.9 but sender was rejected.\nRemote host said: 553 no\n",
@@ -792,10 +661,7 @@ mod tests {
                 Final::message_failed(a, true, &reply("554 spam\r\n")),
                 "D192.0.2.9 failed after I sent the message.\nRemote host said: 554 spam\n",
             ),
-            (
-                Final::greeting_failed(a, &RemoteText::default()),
-                "ZConnected to 192.0.2.9 but greeting failed.\n",
-            ),
+            (Final::greeting_failed(a, &RemoteText::default()), "ZConnected to 192.0.2.9 but greeting failed.\n"),
         ];
         for (f, want) in cases {
             let mut r = Report::new();
@@ -803,10 +669,7 @@ mod tests {
             let out = r.finish();
             let mut expect = want.as_bytes().to_vec();
             expect.push(0);
-            assert_eq!(
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(&expect)
-            );
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expect));
         }
     }
 
@@ -822,19 +685,13 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(RemoteText::from_raw(raw).as_bytes(), *want, "{raw:?}");
         }
-        assert_eq!(
-            RemoteText::from_lines(["250-first", "250 last"]).as_bytes(),
-            b"250-first\n250 last\n"
-        );
+        assert_eq!(RemoteText::from_lines(["250-first", "250 last"]).as_bytes(), b"250-first\n250 last\n");
         let long = vec![b'x'; 6000];
         let t = RemoteText::from_raw(&long);
         assert_eq!(t.as_bytes().len(), REPLY_TEXT_MAX + 1);
         assert!(t.as_bytes().ends_with(b"x\n"));
         // CRs do not count towards the limit.
-        let crs: Vec<u8> = std::iter::repeat_n(&b"a\r"[..], 5000)
-            .flatten()
-            .copied()
-            .collect();
+        let crs: Vec<u8> = std::iter::repeat_n(&b"a\r"[..], 5000).flatten().copied().collect();
         assert_eq!(RemoteText::from_raw(&crs).as_bytes().len(), 5001);
     }
 
@@ -844,10 +701,7 @@ mod tests {
         let mut r = Report::new();
         r.recipient_accepted();
         let out = r.finish();
-        assert_eq!(
-            out,
-            b"r\0Zqmail-remote ended without a result. (#4.3.0)\n\0"
-        );
+        assert_eq!(out, b"r\0Zqmail-remote ended without a result. (#4.3.0)\n\0");
         assert_eq!(parse_report(&out).0, b'Z');
 
         // Only the first final record counts.
@@ -901,25 +755,13 @@ mod tests {
         let ok = reply("250 ok\r\n");
         let scenarios: Vec<(Option<u16>, Final, u8)> = vec![
             (Some(250), Final::accepted(a, &ok), b'K'),
-            (
-                Some(250),
-                Final::message_failed(a, false, &reply("451 x")),
-                b'Z',
-            ),
-            (
-                Some(250),
-                Final::message_failed(a, true, &reply("554 x")),
-                b'D',
-            ),
+            (Some(250), Final::message_failed(a, false, &reply("451 x")), b'Z'),
+            (Some(250), Final::message_failed(a, true, &reply("554 x")), b'D'),
             (Some(250), Final::connection_died(a, true), b'Z'),
             (Some(451), Final::giving_up(a, false), b'Z'),
             (Some(550), Final::giving_up(a, true), b'D'),
             (None, Final::greeting_failed(a, &reply("554 go away")), b'Z'),
-            (
-                None,
-                Final::sender_rejected(a, true, &reply("553 no")),
-                b'D',
-            ),
+            (None, Final::sender_rejected(a, true, &reply("553 no")), b'D'),
             (None, Final::no_connection(), b'Z'),
             (None, Final::host_not_found(b"nx.example"), b'D'),
         ];
@@ -937,12 +779,7 @@ mod tests {
             let records = parse_records(&out).expect("well formed");
             assert_eq!(records.len(), 1 + usize::from(rcpt.is_some()));
             let (letter, seen) = parse_report(&out);
-            assert_eq!(
-                letter,
-                want,
-                "{rcpt:?} {:?}",
-                String::from_utf8_lossy(&text)
-            );
+            assert_eq!(letter, want, "{rcpt:?} {:?}", String::from_utf8_lossy(&text));
             assert!(seen.ends_with(&text), "{:?}", String::from_utf8_lossy(&seen));
         }
     }
@@ -950,64 +787,24 @@ mod tests {
     #[test]
     fn rspawn_reading() {
         let cases: &[(RspawnStatus, &[u8], u8, &[u8])] = &[
-            (
-                RspawnStatus::Crashed,
-                b"r\0K...\0",
-                b'Z',
-                b"qmail-remote crashed.\n",
-            ),
-            (
-                RspawnStatus::Exited(111),
-                b"",
-                b'Z',
-                b"Unable to run qmail-remote.\n",
-            ),
-            (
-                RspawnStatus::Exited(100),
-                b"",
-                b'D',
-                b"Unable to run qmail-remote.\n",
-            ),
-            (
-                RspawnStatus::Exited(1),
-                b"r\0Kok\n\0",
-                b'D',
-                b"Unable to run qmail-remote.\n",
-            ),
-            (
-                RspawnStatus::Exited(0),
-                b"",
-                b'Z',
-                b"qmail-remote produced no output.\n",
-            ),
+            (RspawnStatus::Crashed, b"r\0K...\0", b'Z', b"qmail-remote crashed.\n"),
+            (RspawnStatus::Exited(111), b"", b'Z', b"Unable to run qmail-remote.\n"),
+            (RspawnStatus::Exited(100), b"", b'D', b"Unable to run qmail-remote.\n"),
+            (RspawnStatus::Exited(1), b"r\0Kok\n\0", b'D', b"Unable to run qmail-remote.\n"),
+            (RspawnStatus::Exited(0), b"", b'Z', b"qmail-remote produced no output.\n"),
             // A recipient record and nothing else: a bounce with no text.
             (RspawnStatus::Exited(0), b"r\0", b'D', b""),
             (RspawnStatus::Exited(0), b"r\0Kok\n\0", b'K', b"ok\n"),
             (RspawnStatus::Exited(0), b"Kok\n\0", b'K', b"ok\n"),
             (RspawnStatus::Exited(0), b"Zlater\n\0", b'Z', b"later\n"),
             // s then D: deferred, both texts.
-            (
-                RspawnStatus::Exited(0),
-                b"sno\n\0DGiving up\n\0",
-                b'Z',
-                b"no\nGiving up\n",
-            ),
-            (
-                RspawnStatus::Exited(0),
-                b"hno\n\0DGiving up\n\0",
-                b'D',
-                b"no\nGiving up\n",
-            ),
+            (RspawnStatus::Exited(0), b"sno\n\0DGiving up\n\0", b'Z', b"no\nGiving up\n"),
+            (RspawnStatus::Exited(0), b"hno\n\0DGiving up\n\0", b'D', b"no\nGiving up\n"),
             // h then K (a second recipient was accepted, but rspawn only
             // sends one): D, the K text is not appended.
             (RspawnStatus::Exited(0), b"hno\n\0r\0Kok\n\0", b'D', b"no\n"),
             // s then Z: the Z text follows.
-            (
-                RspawnStatus::Exited(0),
-                b"sno\n\0Zdied\n\0",
-                b'Z',
-                b"no\ndied\n",
-            ),
+            (RspawnStatus::Exited(0), b"sno\n\0Zdied\n\0", b'Z', b"no\ndied\n"),
             // s then K: Z (milder verdict is not allowed to hide the s).
             (RspawnStatus::Exited(0), b"sno\n\0Kok\n\0", b'Z', b"no\n"),
             // Without the final NUL the last record is not seen as final...
@@ -1015,12 +812,7 @@ mod tests {
             // ...but its text is still appended after a first record.
             (RspawnStatus::Exited(0), b"r\0Kok", b'D', b"ok"),
             // An unknown letter counts as D (skarnet's \x01).
-            (
-                RspawnStatus::Exited(0),
-                b"\x01failed\n\0",
-                b'D',
-                b"failed\n",
-            ),
+            (RspawnStatus::Exited(0), b"\x01failed\n\0", b'D', b"failed\n"),
         ];
         for (status, out, letter, text) in cases {
             let got = rspawn_report(*status, out);
@@ -1049,11 +841,7 @@ mod tests {
             (b"xhi\0Kok\0", "unknown record letter"),
         ];
         for (out, reason) in bad {
-            assert_eq!(
-                parse_records(out).expect_err("invalid").reason,
-                *reason,
-                "{out:?}"
-            );
+            assert_eq!(parse_records(out).expect_err("invalid").reason, *reason, "{out:?}");
         }
     }
 }

@@ -141,10 +141,7 @@ pub fn parse_relay(value: &[u8]) -> Result<Option<Route>, &'static str> {
         return Ok(None);
     }
     let (relay, port) = if value[0] == b'[' {
-        let close = value
-            .iter()
-            .position(|&b| b == b']')
-            .ok_or("unterminated address literal")?;
+        let close = value.iter().position(|&b| b == b']').ok_or("unterminated address literal")?;
         let ip = parse_literal(&value[1..close])?;
         let port = match &value[close + 1..] {
             [] => SMTP_PORT,
@@ -176,9 +173,7 @@ fn parse_literal(inside: &[u8]) -> Result<IpAddr, &'static str> {
             return Ok(IpAddr::V4(v4));
         }
     }
-    text.parse::<Ipv6Addr>()
-        .map(IpAddr::V6)
-        .map_err(|_| "invalid address literal")
+    text.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| "invalid address literal")
 }
 
 fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
@@ -206,16 +201,12 @@ fn parse_host(host: &[u8]) -> Result<Relay, &'static str> {
     let labels_ok = name.split(|&b| b == b'.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+            && label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
     });
     if !labels_ok {
         return Err("invalid relay host name");
     }
-    Ok(Relay::Host(
-        String::from_utf8_lossy(host).to_ascii_lowercase(),
-    ))
+    Ok(Relay::Host(String::from_utf8_lossy(host).to_ascii_lowercase()))
 }
 
 /// Checks a domain key and returns it lowercased.
@@ -232,14 +223,9 @@ fn parse_domain(key: &[u8]) -> Result<Vec<u8>, &'static str> {
 /// The keys to try for `host`, in order: the host, each suffix starting at a
 /// dot (longest first), the default route `""`. The host must be lowercased.
 pub fn lookup_keys(host: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let suffixes = (1..host.len())
-        .filter(move |&i| host[i] == b'.')
-        .map(move |i| &host[i..]);
+    let suffixes = (1..host.len()).filter(move |&i| host[i] == b'.').map(move |i| &host[i..]);
     let first = (!host.is_empty()).then_some(host);
-    first
-        .into_iter()
-        .chain(suffixes)
-        .chain(std::iter::once(&b""[..]))
+    first.into_iter().chain(suffixes).chain(std::iter::once(&b""[..]))
 }
 
 /// The routes of a `smtproutes` text.
@@ -259,11 +245,7 @@ impl RouteTable {
                 content: String::from_utf8_lossy(line.text).into_owned(),
                 reason,
             };
-            let colon = line
-                .text
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or_else(|| err("no colon"))?;
+            let colon = line.text.iter().position(|&b| b == b':').ok_or_else(|| err("no colon"))?;
             let domain = parse_domain(&line.text[..colon]).map_err(err)?;
             let route = parse_relay(&line.text[colon + 1..]).map_err(err)?;
             map.insert(domain, route);
@@ -275,9 +257,7 @@ impl RouteTable {
     /// of the host".
     pub fn lookup(&self, host: &[u8]) -> Option<&Route> {
         let host = host.to_ascii_lowercase();
-        lookup_keys(&host)
-            .find_map(|k| self.map.get(k))
-            .and_then(Option::as_ref)
+        lookup_keys(&host).find_map(|k| self.map.get(k)).and_then(Option::as_ref)
     }
 
     /// Number of distinct domain keys.
@@ -292,11 +272,7 @@ impl RouteTable {
 
     /// The entries, sorted by key: `(domain, route)`.
     pub fn entries(&self) -> Vec<(&[u8], Option<&Route>)> {
-        let mut v: Vec<_> = self
-            .map
-            .iter()
-            .map(|(k, r)| (k.as_slice(), r.as_ref()))
-            .collect();
+        let mut v: Vec<_> = self.map.iter().map(|(k, r)| (k.as_slice(), r.as_ref())).collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v
     }
@@ -481,11 +457,7 @@ fn write_cdb(tmp: &Path, table: &RouteTable, stamp: &SourceStamp) -> io::Result<
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(tmp)?;
+    let file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(tmp)?;
     // CDBMake consumes its file and drops it in finish(); the clone shares
     // the open file description, so syncing it syncs what CDBMake wrote.
     let mut maker = cdb::CDBMake::new(file.try_clone()?)?;
@@ -499,25 +471,13 @@ fn write_cdb(tmp: &Path, table: &RouteTable, stamp: &SourceStamp) -> io::Result<
     file.sync_all()
 }
 
-fn compile_locked(
-    run_dir: &Path,
-    table: &RouteTable,
-    stamp: &SourceStamp,
-) -> Result<(cdb::CDB, bool), CompileError> {
+fn compile_locked(run_dir: &Path, table: &RouteTable, stamp: &SourceStamp) -> Result<(cdb::CDB, bool), CompileError> {
     let lock_path = run_dir.join(LOCK_NAME);
-    let lock_err = |source| CompileError::Lock {
-        path: lock_path.clone(),
-        source,
-    };
-    let lock_file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(&lock_path)
-        .map_err(lock_err)?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, errno)| lock_err(io::Error::from(errno)))?;
+    let lock_err = |source| CompileError::Lock { path: lock_path.clone(), source };
+    let lock_file =
+        OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(&lock_path).map_err(lock_err)?;
+    let _lock =
+        Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, errno)| lock_err(io::Error::from(errno)))?;
 
     let cdb_path = run_dir.join(CDB_NAME);
     if let Some(db) = open_fresh(&cdb_path, stamp) {
@@ -527,10 +487,7 @@ fn compile_locked(
 
     let tmp = run_dir.join(TMP_NAME);
     let mut guard = TempGuard(Some(&tmp));
-    write_cdb(&tmp, table, stamp).map_err(|source| CompileError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
+    write_cdb(&tmp, table, stamp).map_err(|source| CompileError::Write { path: tmp.clone(), source })?;
     fs::rename(&tmp, &cdb_path).map_err(|source| CompileError::Rename {
         from: tmp.clone(),
         to: cdb_path.clone(),
@@ -542,10 +499,7 @@ fn compile_locked(
     if let Ok(dir) = File::open(run_dir) {
         let _ = dir.sync_all();
     }
-    let db = cdb::CDB::open(&cdb_path).map_err(|source| CompileError::Reopen {
-        path: cdb_path.clone(),
-        source,
-    })?;
+    let db = cdb::CDB::open(&cdb_path).map_err(|source| CompileError::Reopen { path: cdb_path.clone(), source })?;
     Ok((db, true))
 }
 
@@ -559,46 +513,29 @@ impl Routes {
     /// The routes of the text file `text_path`, compiled in `run_dir`.
     pub fn open_at(text_path: &Path, run_dir: &Path) -> Result<Routes, RoutesError> {
         let cdb_path = run_dir.join(CDB_NAME);
-        let read_err = |source| RoutesError::Read {
-            path: text_path.to_path_buf(),
-            source,
-        };
+        let read_err = |source| RoutesError::Read { path: text_path.to_path_buf(), source };
         let mut file = match File::open(text_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Routes {
-                    lookup: Lookup::Empty,
-                    cdb_path,
-                    source: RoutesSource::NoFile,
-                });
+                return Ok(Routes { lookup: Lookup::Empty, cdb_path, source: RoutesSource::NoFile });
             }
             Err(e) => return Err(read_err(e)),
         };
         let stamp = SourceStamp::of(&file.metadata().map_err(read_err)?);
         if let Some(db) = open_fresh(&cdb_path, &stamp) {
-            return Ok(Routes {
-                lookup: Lookup::Cdb(db),
-                cdb_path,
-                source: RoutesSource::Cdb,
-            });
+            return Ok(Routes { lookup: Lookup::Cdb(db), cdb_path, source: RoutesSource::Cdb });
         }
 
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(read_err)?;
-        let table = RouteTable::parse(&text).map_err(|error| RoutesError::Syntax {
-            path: text_path.to_path_buf(),
-            error,
-        })?;
+        let table =
+            RouteTable::parse(&text).map_err(|error| RoutesError::Syntax { path: text_path.to_path_buf(), error })?;
         let (lookup, source) = match compile_locked(run_dir, &table, &stamp) {
             Ok((db, true)) => (Lookup::Cdb(db), RoutesSource::Compiled),
             Ok((db, false)) => (Lookup::Cdb(db), RoutesSource::Cdb),
             Err(e) => (Lookup::Table(table), RoutesSource::Text(e)),
         };
-        Ok(Routes {
-            lookup,
-            cdb_path,
-            source,
-        })
+        Ok(Routes { lookup, cdb_path, source })
     }
 
     /// Where the routes come from.
@@ -619,10 +556,7 @@ impl Routes {
                     match db.get(key) {
                         None => continue,
                         Some(Err(source)) => {
-                            return Err(RoutesError::CdbRead {
-                                path: self.cdb_path.clone(),
-                                source,
-                            });
+                            return Err(RoutesError::CdbRead { path: self.cdb_path.clone(), source });
                         }
                         Some(Ok(value)) => {
                             return parse_relay(&value).map_err(|_| RoutesError::Corrupt {
@@ -646,17 +580,11 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn host(h: &str, port: u16) -> Option<Route> {
-        Some(Route {
-            relay: Relay::Host(h.to_string()),
-            port,
-        })
+        Some(Route { relay: Relay::Host(h.to_string()), port })
     }
 
     fn ip(a: &str, port: u16) -> Option<Route> {
-        Some(Route {
-            relay: Relay::Ip(a.parse().expect("test address")),
-            port,
-        })
+        Some(Route { relay: Relay::Ip(a.parse().expect("test address")), port })
     }
 
     #[test]
@@ -726,9 +654,7 @@ mod tests {
             "[::1]:2525",
             "[IPv6:2001:db8::1]:26",
         ] {
-            let route = parse_relay(value.as_bytes())
-                .expect("valid")
-                .expect("a relay");
+            let route = parse_relay(value.as_bytes()).expect("valid").expect("a relay");
             let again = parse_relay(route.to_string().as_bytes()).expect("canonical re-parses");
             assert_eq!(again, Some(route), "{value}");
         }
@@ -737,16 +663,7 @@ mod tests {
     #[test]
     fn lookup_key_order() {
         let keys: Vec<&[u8]> = lookup_keys(b"a.b.example.com").collect();
-        assert_eq!(
-            keys,
-            vec![
-                &b"a.b.example.com"[..],
-                b".b.example.com",
-                b".example.com",
-                b".com",
-                b""
-            ]
-        );
+        assert_eq!(keys, vec![&b"a.b.example.com"[..], b".b.example.com", b".example.com", b".com", b""]);
         let keys: Vec<&[u8]> = lookup_keys(b"").collect();
         assert_eq!(keys, vec![&b""[..]]);
         let keys: Vec<&[u8]> = lookup_keys(b".x").collect();
@@ -795,37 +712,17 @@ mod tests {
         assert_eq!(table.lookup(b"example.org"), None);
         assert_eq!(table.lookup(b"a.example.com"), None);
         assert!(RouteTable::parse(b"").expect("empty").is_empty());
-        assert!(
-            RouteTable::parse(b"# only\n\n")
-                .expect("comments")
-                .is_empty()
-        );
+        assert!(RouteTable::parse(b"# only\n\n").expect("comments").is_empty());
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
         let cases: &[(&[u8], usize, &str)] = &[
             (b"nocolon\n", 1, "no colon"),
-            (
-                b"# c\n\nok.example:relay\nbad.example:relay:\n",
-                4,
-                "invalid port",
-            ),
-            (
-                b"a b:relay\n",
-                1,
-                "space or control character in the domain",
-            ),
-            (
-                b"a\tb:relay\n",
-                1,
-                "space or control character in the domain",
-            ),
-            (
-                b"x::26\n",
-                1,
-                "a port without a relay (IPv6 addresses need brackets)",
-            ),
+            (b"# c\n\nok.example:relay\nbad.example:relay:\n", 4, "invalid port"),
+            (b"a b:relay\n", 1, "space or control character in the domain"),
+            (b"a\tb:relay\n", 1, "space or control character in the domain"),
+            (b"x::26\n", 1, "a port without a relay (IPv6 addresses need brackets)"),
             (b"ok:relay\r\nx:[::1\n", 2, "unterminated address literal"),
         ];
         for (text, line, reason) in cases {
@@ -833,24 +730,15 @@ mod tests {
             assert_eq!((e.line, e.reason), (*line, *reason), "{text:?}");
         }
         let e = RouteTable::parse(b"\n\nbad.example:re lay\n").expect_err("must fail");
-        assert_eq!(
-            e.to_string(),
-            "line 3: invalid relay host name: \"bad.example:re lay\""
-        );
+        assert_eq!(e.to_string(), "line 3: invalid relay host name: \"bad.example:re lay\"");
     }
 
     #[test]
     fn parse_is_independent_of_line_ends_and_order_of_comments() {
         // Re-feeding the same routes with CRLF ends and interleaved comments
         // gives the same table.
-        let crlf: Vec<u8> = TEXT
-            .split(|&b| b == b'\n')
-            .flat_map(|l| [l, b"\r\n# note\r\n"].concat())
-            .collect();
-        assert_eq!(
-            RouteTable::parse(&crlf).expect("crlf"),
-            RouteTable::parse(TEXT).expect("lf")
-        );
+        let crlf: Vec<u8> = TEXT.split(|&b| b == b'\n').flat_map(|l| [l, b"\r\n# note\r\n"].concat()).collect();
+        assert_eq!(RouteTable::parse(&crlf).expect("crlf"), RouteTable::parse(TEXT).expect("lf"));
     }
 
     #[test]
@@ -884,15 +772,9 @@ mod tests {
     fn compiles_then_reuses_the_cdb() {
         let dir = home_with_routes(TEXT);
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Compiled),
-            "{routes:?}"
-        );
+        assert!(matches!(routes.source(), RoutesSource::Compiled), "{routes:?}");
         check_lookups(lookup_fn(&routes));
-        assert_eq!(
-            dir.list(crate::RUN_DIR),
-            vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]
-        );
+        assert_eq!(dir.list(crate::RUN_DIR), vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]);
 
         let again = Routes::open(dir.path()).expect("open");
         assert!(matches!(again.source(), RoutesSource::Cdb), "{again:?}");
@@ -903,21 +785,12 @@ mod tests {
     fn edited_text_is_recompiled() {
         let dir = home_with_routes(b":old.example\n");
         let routes = Routes::open(dir.path()).expect("open");
-        assert_eq!(
-            routes.lookup(b"x").expect("lookup"),
-            host("old.example", 25)
-        );
+        assert_eq!(routes.lookup(b"x").expect("lookup"), host("old.example", 25));
 
         dir.write(SMTPROUTES, b":new.example\n");
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Compiled),
-            "{routes:?}"
-        );
-        assert_eq!(
-            routes.lookup(b"x").expect("lookup"),
-            host("new.example", 25)
-        );
+        assert!(matches!(routes.source(), RoutesSource::Compiled), "{routes:?}");
+        assert_eq!(routes.lookup(b"x").expect("lookup"), host("new.example", 25));
     }
 
     #[test]
@@ -928,31 +801,18 @@ mod tests {
         Routes::open(dir.path()).expect("open");
         let other = dir.write("smtproutes.new", b":restored.example\n");
         let old = SystemTime::now() - Duration::from_secs(86400);
-        File::options()
-            .write(true)
-            .open(&other)
-            .and_then(|f| f.set_modified(old))
-            .expect("set mtime");
+        File::options().write(true).open(&other).and_then(|f| f.set_modified(old)).expect("set mtime");
         fs::rename(&other, dir.path().join(SMTPROUTES)).expect("rename");
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Compiled),
-            "{routes:?}"
-        );
-        assert_eq!(
-            routes.lookup(b"x").expect("lookup"),
-            host("restored.example", 25)
-        );
+        assert!(matches!(routes.source(), RoutesSource::Compiled), "{routes:?}");
+        assert_eq!(routes.lookup(b"x").expect("lookup"), host("restored.example", 25));
     }
 
     #[test]
     fn empty_text_compiles() {
         let dir = home_with_routes(b"");
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Compiled),
-            "{routes:?}"
-        );
+        assert!(matches!(routes.source(), RoutesSource::Compiled), "{routes:?}");
         assert_eq!(routes.lookup(b"example.com").expect("lookup"), None);
         let again = Routes::open(dir.path()).expect("open");
         assert!(matches!(again.source(), RoutesSource::Cdb), "{again:?}");
@@ -981,24 +841,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            dir.list(crate::RUN_DIR).is_empty(),
-            "{:?}",
-            dir.list(crate::RUN_DIR)
-        );
+        assert!(dir.list(crate::RUN_DIR).is_empty(), "{:?}", dir.list(crate::RUN_DIR));
 
         // An existing cdb stays, but is not used for the broken text.
         dir.write(SMTPROUTES, b":relay.example\n");
         Routes::open(dir.path()).expect("open");
         dir.write(SMTPROUTES, b":relay.example\nbad\n");
-        assert!(matches!(
-            Routes::open(dir.path()),
-            Err(RoutesError::Syntax { .. })
-        ));
-        assert_eq!(
-            dir.list(crate::RUN_DIR),
-            vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]
-        );
+        assert!(matches!(Routes::open(dir.path()), Err(RoutesError::Syntax { .. })));
+        assert_eq!(dir.list(crate::RUN_DIR), vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]);
     }
 
     #[test]
@@ -1016,13 +866,7 @@ mod tests {
         let dir = TempDir::new("routes");
         dir.write(SMTPROUTES, TEXT);
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(
-                routes.source(),
-                RoutesSource::Text(CompileError::Lock { .. })
-            ),
-            "{routes:?}"
-        );
+        assert!(matches!(routes.source(), RoutesSource::Text(CompileError::Lock { .. })), "{routes:?}");
         check_lookups(lookup_fn(&routes));
         assert!(!dir.path().join("run").exists());
     }
@@ -1035,10 +879,7 @@ mod tests {
         dir.write(SMTPROUTES, TEXT);
         dir.write("run", b"not a directory");
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Text(_)),
-            "{routes:?}"
-        );
+        assert!(matches!(routes.source(), RoutesSource::Text(_)), "{routes:?}");
         check_lookups(lookup_fn(&routes));
     }
 
@@ -1047,10 +888,7 @@ mod tests {
         let dir = home_with_routes(TEXT);
         dir.write(&format!("{}/{CDB_NAME}", crate::RUN_DIR), b"not a cdb");
         let routes = Routes::open(dir.path()).expect("open");
-        assert!(
-            matches!(routes.source(), RoutesSource::Compiled),
-            "{routes:?}"
-        );
+        assert!(matches!(routes.source(), RoutesSource::Compiled), "{routes:?}");
         check_lookups(lookup_fn(&routes));
     }
 
@@ -1058,12 +896,8 @@ mod tests {
     fn waits_for_the_lock() {
         let dir = home_with_routes(TEXT);
         let lock_path = dir.path().join(crate::RUN_DIR).join(LOCK_NAME);
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .expect("lock file");
+        let lock_file =
+            OpenOptions::new().write(true).create(true).truncate(false).open(&lock_path).expect("lock file");
         let held = Flock::lock(lock_file, FlockArg::LockExclusive).expect("lock");
 
         let home = dir.path().to_path_buf();
@@ -1077,8 +911,7 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
         assert!(!dir.path().join(crate::RUN_DIR).join(CDB_NAME).exists());
         drop(held);
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("finished after unlock");
+        rx.recv_timeout(Duration::from_secs(10)).expect("finished after unlock");
         assert!(worker.join().expect("thread"));
     }
 
@@ -1098,9 +931,6 @@ mod tests {
         for w in workers {
             assert_eq!(w.join().expect("thread"), ip("192.0.2.7", 25));
         }
-        assert_eq!(
-            dir.list(crate::RUN_DIR),
-            vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]
-        );
+        assert_eq!(dir.list(crate::RUN_DIR), vec![CDB_NAME.to_string(), LOCK_NAME.to_string()]);
     }
 }

@@ -86,9 +86,7 @@ pub fn skip_window(pid: u32) -> u64 {
 /// went back) does not skip, as stock qmail's unsigned arithmetic does not.
 pub fn should_skip<A: PartialEq>(records: &[Record<A>], ip: &A, now: u64, pid: u32) -> bool {
     match records.iter().find(|r| r.ip == *ip) {
-        Some(r) if r.count >= 2 => now
-            .checked_sub(r.when)
-            .is_some_and(|age| age < skip_window(pid)),
+        Some(r) if r.count >= 2 => now.checked_sub(r.when).is_some_and(|age| age < skip_window(pid)),
         _ => false,
     }
 }
@@ -96,12 +94,7 @@ pub fn should_skip<A: PartialEq>(records: &[Record<A>], ip: &A, now: u64, pid: u
 /// Records the result of a connection attempt to `ip` at time `now`:
 /// `timed_out` is true only for a connect timeout. Returns the index of the
 /// record to write back, if any changed.
-pub fn update<A: PartialEq + Copy>(
-    records: &mut [Record<A>],
-    ip: A,
-    now: u64,
-    timed_out: bool,
-) -> Option<usize> {
+pub fn update<A: PartialEq + Copy>(records: &mut [Record<A>], ip: A, now: u64, timed_out: bool) -> Option<usize> {
     if let Some(i) = records.iter().position(|r| r.ip == ip) {
         let r = &mut records[i];
         if !timed_out {
@@ -129,11 +122,7 @@ pub fn update<A: PartialEq + Copy>(
         }
         best.map(|(i, _)| i)
     })?;
-    records[slot] = Record {
-        ip,
-        count: 1,
-        when: now,
-    };
+    records[slot] = Record { ip, count: 1, when: now };
     Some(slot)
 }
 
@@ -169,11 +158,7 @@ pub fn decode6(buf: &[u8]) -> Vec<Record<Ipv6Addr>> {
             ip.copy_from_slice(&r[..16]);
             let mut when = [0; 8];
             when.copy_from_slice(&r[24..32]);
-            Record {
-                ip: Ipv6Addr::from(ip),
-                count: r[16],
-                when: u64::from_le_bytes(when),
-            }
+            Record { ip: Ipv6Addr::from(ip), count: r[16], when: u64::from_le_bytes(when) }
         })
         .collect();
     records.resize(RECORDS, Record::default_v6());
@@ -191,11 +176,7 @@ pub fn encode6(r: &Record<Ipv6Addr>) -> [u8; RECORD6_LEN] {
 
 impl Record<Ipv6Addr> {
     fn default_v6() -> Self {
-        Record {
-            ip: Ipv6Addr::UNSPECIFIED,
-            count: 0,
-            when: 0,
-        }
+        Record { ip: Ipv6Addr::UNSPECIFIED, count: 0, when: 0 }
     }
 }
 
@@ -224,9 +205,7 @@ pub struct Tcpto {
 
 /// The current Unix time in seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 enum Family {
@@ -250,10 +229,7 @@ struct Locked {
 impl Tcpto {
     /// The files of the qmail home `home`.
     pub fn new(home: &Path) -> Tcpto {
-        Tcpto {
-            v4: home.join(TCPTO_PATH),
-            v6: home.join(crate::RUN_DIR).join(TCPTO6_NAME),
-        }
+        Tcpto { v4: home.join(TCPTO_PATH), v6: home.join(crate::RUN_DIR).join(TCPTO6_NAME) }
     }
 
     /// Explicit paths, for tests and tools.
@@ -274,60 +250,38 @@ impl Tcpto {
     /// Opens and locks `path`; `Ok(None)` when it does not exist and is not
     /// to be created.
     fn open(path: &Path, create: bool) -> Result<Option<Locked>, TcptoError> {
-        let err = |action| {
-            move |source| TcptoError::Io {
-                action,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
+        let err = |action| move |source| TcptoError::Io { action, path: path.to_path_buf(), source };
+        let file = match OpenOptions::new().read(true).write(true).create(create).truncate(false).mode(0o644).open(path)
         {
             Ok(f) => f,
             Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(err("open")(e)),
         };
-        let mut file = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| err("lock")(io::Error::from(errno)))?;
+        let mut file =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| err("lock")(io::Error::from(errno)))?;
         let mut content = Vec::new();
-        (&mut *file)
-            .take((RECORDS * RECORD6_LEN) as u64)
-            .read_to_end(&mut content)
-            .map_err(err("read"))?;
+        (&mut *file).take((RECORDS * RECORD6_LEN) as u64).read_to_end(&mut content).map_err(err("read"))?;
         Ok(Some(Locked { file, content }))
     }
 
-    fn write_back(
-        &self,
-        path: &Path,
-        locked: &Locked,
-        record: &[u8],
-        index: usize,
-    ) -> Result<(), TcptoError> {
-        locked
-            .file
-            .write_all_at(record, (index * record.len()) as u64)
-            .map_err(|source| TcptoError::Io {
-                action: "write",
-                path: path.to_path_buf(),
-                source,
-            })
+    fn write_back(&self, path: &Path, locked: &Locked, record: &[u8], index: usize) -> Result<(), TcptoError> {
+        locked.file.write_all_at(record, (index * record.len()) as u64).map_err(|source| TcptoError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Whether to skip `ip` now (see [`should_skip`]). A missing file means
     /// no history: `Ok(false)`.
     pub fn should_skip(&self, ip: IpAddr, now: u64, pid: u32) -> Result<bool, TcptoError> {
         match family(ip) {
-            Family::V4(a) => Ok(Self::open(&self.v4, false)?
-                .is_some_and(|l| should_skip(&decode4(&l.content), &a, now, pid))),
-            Family::V6(a) => Ok(Self::open(&self.v6, false)?
-                .is_some_and(|l| should_skip(&decode6(&l.content), &a, now, pid))),
+            Family::V4(a) => {
+                Ok(Self::open(&self.v4, false)?.is_some_and(|l| should_skip(&decode4(&l.content), &a, now, pid)))
+            }
+            Family::V6(a) => {
+                Ok(Self::open(&self.v6, false)?.is_some_and(|l| should_skip(&decode6(&l.content), &a, now, pid)))
+            }
         }
     }
 
@@ -397,11 +351,7 @@ mod tests {
             (&[rec(1, 0, now), rec(1, 5, now)], 1, 0, false),
         ];
         for (records, ip, pid, want) in cases {
-            assert_eq!(
-                should_skip(records, ip, now, *pid),
-                *want,
-                "{records:?} {ip} {pid}"
-            );
+            assert_eq!(should_skip(records, ip, now, *pid), *want, "{records:?} {ip} {pid}");
         }
     }
 
@@ -462,26 +412,15 @@ mod tests {
 
     #[test]
     fn record_formats_round_trip() {
-        let r4 = Record {
-            ip: Ipv4Addr::new(192, 0, 2, 1),
-            count: 3,
-            when: 0x6543_2100,
-        };
+        let r4 = Record { ip: Ipv4Addr::new(192, 0, 2, 1), count: 3, when: 0x6543_2100 };
         let b = encode4(&r4);
-        assert_eq!(
-            b,
-            [192, 0, 2, 1, 3, 0, 0, 0, 0x00, 0x21, 0x43, 0x65, 0, 0, 0, 0]
-        );
+        assert_eq!(b, [192, 0, 2, 1, 3, 0, 0, 0, 0x00, 0x21, 0x43, 0x65, 0, 0, 0, 0]);
         assert_eq!(decode4(&b), vec![r4]);
         // Partial records are ignored, as in stock qmail.
         assert_eq!(decode4(&b[..15]), vec![]);
         assert_eq!(decode4(&[0; 2000]).len(), RECORDS);
 
-        let r6 = Record {
-            ip: "2001:db8::1".parse().expect("address"),
-            count: 10,
-            when: 1_700_000_000,
-        };
+        let r6 = Record { ip: "2001:db8::1".parse().expect("address"), count: 10, when: 1_700_000_000 };
         let b = encode6(&r6);
         assert_eq!(&b[..16], &r6.ip.octets());
         assert_eq!(b[16], 10);
@@ -527,31 +466,18 @@ mod tests {
         let ip = v4("192.0.2.1");
         let pid = 0;
         t.record(ip, 10_000, true).expect("record");
-        assert!(
-            !t.should_skip(ip, 10_001, pid).expect("skip"),
-            "one timeout"
-        );
+        assert!(!t.should_skip(ip, 10_001, pid).expect("skip"), "one timeout");
         // Within 120 s: ignored.
         t.record(ip, 10_100, true).expect("record");
         assert!(!t.should_skip(ip, 10_101, pid).expect("skip"));
         t.record(ip, 10_120, true).expect("record");
-        assert!(
-            t.should_skip(ip, 10_121, pid).expect("skip"),
-            "two timeouts"
-        );
+        assert!(t.should_skip(ip, 10_121, pid).expect("skip"), "two timeouts");
         assert!(t.should_skip(ip, 10_120 + 3839, pid).expect("skip"));
         assert!(!t.should_skip(ip, 10_120 + 3840, pid).expect("skip"));
 
         let content = std::fs::read(t.v4_path()).expect("read");
         assert_eq!(content.len(), 1024);
-        assert_eq!(
-            &content[..16],
-            &encode4(&Record {
-                ip: Ipv4Addr::new(192, 0, 2, 1),
-                count: 2,
-                when: 10_120,
-            })
-        );
+        assert_eq!(&content[..16], &encode4(&Record { ip: Ipv4Addr::new(192, 0, 2, 1), count: 2, when: 10_120 }));
         assert!(content[16..].iter().all(|&b| b == 0));
 
         // A success resets it.
@@ -574,24 +500,13 @@ mod tests {
         let mut content = Vec::new();
         for i in 0..RECORDS {
             let when = if i == 17 { 100 } else { 50_000 };
-            content.extend_from_slice(&encode4(&Record {
-                ip: Ipv4Addr::new(10, 0, 0, i as u8),
-                count: 1,
-                when,
-            }));
+            content.extend_from_slice(&encode4(&Record { ip: Ipv4Addr::new(10, 0, 0, i as u8), count: 1, when }));
         }
         dir.write(TCPTO_PATH, &content);
         let ip = v4("192.0.2.99");
         t.record(ip, 60_000, true).expect("record");
         let after = decode4(&std::fs::read(t.v4_path()).expect("read"));
-        assert_eq!(
-            after[17],
-            Record {
-                ip: Ipv4Addr::new(192, 0, 2, 99),
-                count: 1,
-                when: 60_000
-            }
-        );
+        assert_eq!(after[17], Record { ip: Ipv4Addr::new(192, 0, 2, 99), count: 1, when: 60_000 });
         assert_eq!(after.iter().filter(|r| r.ip.octets()[0] == 10).count(), 63);
     }
 

@@ -13,14 +13,9 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "chainmail-qmail-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("chainmail-qmail-{tag}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create temporary directory");
         TempDir(path)
     }
@@ -49,10 +44,7 @@ impl TempDir {
     /// The names in directory `rel`, sorted.
     pub fn list(&self, rel: &str) -> Vec<String> {
         let mut names: Vec<String> = match std::fs::read_dir(self.0.join(rel)) {
-            Ok(dir) => dir
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
+            Ok(dir) => dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
             Err(_) => Vec::new(),
         };
         names.sort();

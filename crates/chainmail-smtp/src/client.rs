@@ -221,13 +221,17 @@ pub enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Greeting,
-    Ehlo { after_tls: bool },
+    Ehlo {
+        after_tls: bool,
+    },
     Helo,
     StartTls,
     Handshake,
     /// Waiting for the replies of MAIL, the RCPTs and DATA; `next` counts
     /// the replies received so far (0 = MAIL's).
-    Transaction { next: usize },
+    Transaction {
+        next: usize,
+    },
     Body,
     FinalReply,
     Done,
@@ -331,7 +335,17 @@ impl Client {
             return;
         }
         self.replies.push(data);
-        while self.outcome.is_none() && matches!(self.state, State::Greeting | State::Ehlo { .. } | State::Helo | State::StartTls | State::Transaction { .. } | State::FinalReply) {
+        while self.outcome.is_none()
+            && matches!(
+                self.state,
+                State::Greeting
+                    | State::Ehlo { .. }
+                    | State::Helo
+                    | State::StartTls
+                    | State::Transaction { .. }
+                    | State::FinalReply
+            )
+        {
             match self.replies.next_reply() {
                 None => return,
                 Some(Ok(reply)) => self.reply(reply),

@@ -166,7 +166,8 @@ mod tests {
         for auth in [ServerAuth::Opportunistic, ServerAuth::Verified(Anchors::BuiltIn)] {
             client_config(&ClientSettings { server_auth: auth, identity: None }).expect("config");
         }
-        let missing = ClientSettings { server_auth: ServerAuth::Verified(Anchors::File("/nonexistent".into())), identity: None };
+        let missing =
+            ClientSettings { server_auth: ServerAuth::Verified(Anchors::File("/nonexistent".into())), identity: None };
         assert!(client_config(&missing).is_err());
     }
 }

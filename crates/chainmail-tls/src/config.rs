@@ -199,9 +199,11 @@ impl TlsEnv {
         let load = |cvar: &str, kvar: &str, c: &OsStr, k: &OsStr| -> Result<Arc<CertifiedKey>, ConfigError> {
             let chain = keys::load_certificates(cvar, Path::new(c))?;
             let key = keys::load_private_key(kvar, Path::new(k))?;
-            CertifiedKey::from_der(chain, key, &provider)
-                .map(Arc::new)
-                .map_err(|source| ConfigError::Key { var: kvar.to_owned(), path: PathBuf::from(k), source })
+            CertifiedKey::from_der(chain, key, &provider).map(Arc::new).map_err(|source| ConfigError::Key {
+                var: kvar.to_owned(),
+                path: PathBuf::from(k),
+                source,
+            })
         };
 
         let mut resolver = SniResolver { default: None, exact: Vec::new(), wildcard: Vec::new() };
@@ -407,9 +409,14 @@ mod tests {
         std::fs::write(dir.join("junk"), b"junk").expect("write");
         std::fs::copy(testdata("ca.pem"), dir.join("ca.pem")).expect("copy");
         std::fs::create_dir_all(dir.join("subdir")).expect("mkdir");
-        env(&[("CERTFILE", &cert), ("KEYFILE", &key), ("CADIR", dir.to_str().expect("utf8")), ("CAFILE", "/nonexistent")])
-            .server_config(SniLevel::Off, ClientAuth::Required)
-            .expect("CADIR");
+        env(&[
+            ("CERTFILE", &cert),
+            ("KEYFILE", &key),
+            ("CADIR", dir.to_str().expect("utf8")),
+            ("CAFILE", "/nonexistent"),
+        ])
+        .server_config(SniLevel::Off, ClientAuth::Required)
+        .expect("CADIR");
         std::fs::remove_dir_all(&dir).expect("rmdir");
     }
 

@@ -32,7 +32,9 @@ pub enum ConfigError {
     #[error("mandatory SNI needs at least one CERTFILE:name and KEYFILE:name pair")]
     NoNamedPair,
     /// A `CERTFILE:name` whose name cannot match a server name.
-    #[error("{var}: invalid server name {name:?} (a wildcard is only allowed as a whole first label, as in *.example.org)")]
+    #[error(
+        "{var}: invalid server name {name:?} (a wildcard is only allowed as a whole first label, as in *.example.org)"
+    )]
     BadName {
         /// The variable.
         var: String,

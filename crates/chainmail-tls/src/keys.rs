@@ -9,9 +9,7 @@
 use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
-};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
 use crate::der::{Reader, tag};
 use crate::error::ConfigError;
@@ -85,7 +83,11 @@ fn read(var: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
 /// Reads the certificate chain named by variable `var` (leaf first).
 pub fn load_certificates(var: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let data = read(var, path)?;
-    parse_certificates(&data).map_err(|reason| ConfigError::Parse { var: var.to_owned(), path: path.to_owned(), reason })
+    parse_certificates(&data).map_err(|reason| ConfigError::Parse {
+        var: var.to_owned(),
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 /// Reads the private key named by variable `var`. The file's bytes are
@@ -103,8 +105,11 @@ pub fn load_private_key(var: &str, path: &Path) -> Result<PrivateKeyDer<'static>
 /// nowhere, CRLs) are skipped. `var` names the setting in errors.
 pub fn trust_anchors_from_dir(var: &'static str, dir: &Path) -> Result<rustls::RootCertStore, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    let entries =
-        std::fs::read_dir(dir).map_err(|source| ConfigError::Read { var: var.to_owned(), path: dir.to_owned(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+        var: var.to_owned(),
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let Ok(data) = std::fs::read(entry.path()) else { continue };
         if let Ok(certs) = parse_certificates(&data) {

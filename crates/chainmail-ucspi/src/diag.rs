@@ -49,10 +49,7 @@ pub fn info(args: fmt::Arguments<'_>) {
 /// sees the connection end instead of a half-open session.
 pub fn abort_on_panic() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let payload = info
             .payload()
             .downcast_ref::<&str>()

@@ -69,10 +69,7 @@ pub fn parse_fd_number(value: &OsStr) -> Option<RawFd> {
 
 fn fd_var(name: &'static str) -> Result<RawFd, EnvError> {
     let value = std::env::var_os(name).ok_or(EnvError::Missing(name))?;
-    parse_fd_number(&value).ok_or_else(|| EnvError::Invalid {
-        name,
-        value: value.to_string_lossy().into_owned(),
-    })
+    parse_fd_number(&value).ok_or_else(|| EnvError::Invalid { name, value: value.to_string_lossy().into_owned() })
 }
 
 /// The three UCSPI-TLS descriptors, owned.
@@ -195,7 +192,9 @@ mod tests {
 
     #[test]
     fn tls_engine_vars() {
-        for yes in ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID", "CERTFILE:a.test", "KEYFILE:*.b.test"] {
+        for yes in
+            ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID", "CERTFILE:a.test", "KEYFILE:*.b.test"]
+        {
             assert!(is_tls_engine_var(OsStr::new(yes)), "{yes}");
         }
         for no in ["CERTFILEX", "PATH", "SSLCTLFD", "TLS_UIDX", "certfile", "KEYFILES"] {

@@ -109,8 +109,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// A connected pair of Unix stream sockets, both close-on-exec.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType};
-    nix::sys::socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-        .map_err(errno)
+    nix::sys::socket::socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(errno)
 }
 
 /// Grows a pipe's buffer (`F_SETPIPE_SZ`). Best effort: returns the size

@@ -305,11 +305,7 @@ impl Relay {
     /// A relay moving bytes along `forward` and `backward` at once. Every
     /// descriptor is made non-blocking.
     pub fn new(forward: LegSpec, backward: LegSpec) -> io::Result<Relay> {
-        Ok(Relay {
-            legs: [Leg::new(forward)?, Leg::new(backward)?],
-            idle: None,
-            linger: Duration::from_secs(10),
-        })
+        Ok(Relay { legs: [Leg::new(forward)?, Leg::new(backward)?], idle: None, linger: Duration::from_secs(10) })
     }
 
     /// Gives up when no byte moves in either direction for `idle`.
@@ -363,9 +359,8 @@ impl Relay {
                 trimmed = true;
                 continue;
             }
-            let deadline = idle_deadline
-                .min(if only_discarding { linger_deadline } else { Deadline::NEVER })
-                .min(trim_deadline);
+            let deadline =
+                idle_deadline.min(if only_discarding { linger_deadline } else { Deadline::NEVER }).min(trim_deadline);
 
             // Build the poll set: the descriptor each leg waits on, plus
             // each leg's destination with no events, so that a reader that

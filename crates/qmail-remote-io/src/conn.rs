@@ -76,7 +76,13 @@ impl Conn {
             Ok(0) => Err(ConnError::Timeout),
             Ok(_) => {
                 let ready = |i: usize| fds.get(i).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
-                Ok(if read && write { (ready(0), ready(1)) } else if read { (ready(0), false) } else { (false, ready(0)) })
+                Ok(if read && write {
+                    (ready(0), ready(1))
+                } else if read {
+                    (ready(0), false)
+                } else {
+                    (false, ready(0))
+                })
             }
             Err(e) => Err(closed(e)),
         }
@@ -174,7 +180,8 @@ impl Conn {
     /// server blocked on sending us replies cannot deadlock a long
     /// pipelined group.
     fn wait_writable(&mut self) -> Result<(), ConnError> {
-        let (readable, _) = self.wait(!self.eof && self.inbox.len() < INBOX_LIMIT, true, Deadline::after(self.timeout))?;
+        let (readable, _) =
+            self.wait(!self.eof && self.inbox.len() < INBOX_LIMIT, true, Deadline::after(self.timeout))?;
         if readable {
             self.pump_input()?;
         }

@@ -301,11 +301,21 @@ fn run(o: &Options) -> Ending {
     };
     let (rfd, wfd) = match adopt_socket(o.fdr, o.fdw) {
         Ok(p) => p,
-        Err(e) => return only(temporary(format!("Unable to use the connection to {}: {e}. (#4.3.0)\n", fmt_ip(ip))), remote_io::EXIT_SYSTEM),
+        Err(e) => {
+            return only(
+                temporary(format!("Unable to use the connection to {}: {e}. (#4.3.0)\n", fmt_ip(ip))),
+                remote_io::EXIT_SYSTEM,
+            );
+        }
     };
     let mut conn = match Conn::new(rfd, wfd, o.timeout) {
         Ok(c) => c,
-        Err(e) => return only(temporary(format!("Unable to use the connection to {}: {e}. (#4.3.0)\n", fmt_ip(ip))), remote_io::EXIT_SYSTEM),
+        Err(e) => {
+            return only(
+                temporary(format!("Unable to use the connection to {}: {e}. (#4.3.0)\n", fmt_ip(ip))),
+                remote_io::EXIT_SYSTEM,
+            );
+        }
     };
     let needs_smtputf8 = sender.needs_smtputf8() || paths.iter().any(|p| p.needs_smtputf8());
     let attempt = Attempt {
@@ -407,7 +417,9 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let ending = match parse_args(args) {
         Ok(o) => run(&o),
-        Err(e) => only(temporary(format!("qmail-remote-io was invoked improperly: {e}. (#4.3.5)\n")), remote_io::EXIT_USAGE),
+        Err(e) => {
+            only(temporary(format!("qmail-remote-io was invoked improperly: {e}. (#4.3.5)\n")), remote_io::EXIT_USAGE)
+        }
     };
     let _ = fd::write_all(&std::io::stdout().as_fd(), &ending.records);
     ExitCode::from(u8::try_from(ending.code).unwrap_or(111))
@@ -424,8 +436,24 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse_args(args(&["-s", "verify", "-T", "builtin", "-n", "mx.test", "-6", "3", "-7", "4", "--", "192.0.2.1", "a@b", "c@d", "e@f"]))
-            .expect("ok");
+        let o = parse_args(args(&[
+            "-s",
+            "verify",
+            "-T",
+            "builtin",
+            "-n",
+            "mx.test",
+            "-6",
+            "3",
+            "-7",
+            "4",
+            "--",
+            "192.0.2.1",
+            "a@b",
+            "c@d",
+            "e@f",
+        ]))
+        .expect("ok");
         assert_eq!((o.mode, o.fdr, o.fdw), (TlsMode::Verify, 3, 4));
         assert_eq!(o.anchors, Some(Anchors::BuiltIn));
         assert_eq!(o.recipients.len(), 2);
@@ -444,13 +472,19 @@ mod tests {
     fn records_follow_argument_order() {
         let ip = "192.0.2.1".parse().expect("ip");
         let valid = vec![Ok(0), Err("bad".to_owned()), Ok(1)];
-        let results = vec![RcptResult::Accepted, RcptResult::Deferred(Reply { code: 451, lines: vec![b"later".to_vec()] })];
+        let results =
+            vec![RcptResult::Accepted, RcptResult::Deferred(Reply { code: 451, lines: vec![b"later".to_vec()] })];
         let out = records(ip, &valid, &results, Final::accepted(ip, &RemoteText::from_raw(b"250 ok")));
         let parsed = chainmail_qmail::report::parse_records(&out).expect("well formed");
         let letters: Vec<u8> = parsed.iter().map(|(l, _)| *l).collect();
         assert_eq!(letters, b"rhsK");
         // Stops at the first recipient that was never tried.
-        let out = records(ip, &[Ok(0), Ok(1)], &[RcptResult::NotTried, RcptResult::NotTried], Final::connection_died(ip, false));
+        let out = records(
+            ip,
+            &[Ok(0), Ok(1)],
+            &[RcptResult::NotTried, RcptResult::NotTried],
+            Final::connection_died(ip, false),
+        );
         assert_eq!(chainmail_qmail::report::parse_records(&out).expect("ok").len(), 1);
     }
 

@@ -149,10 +149,9 @@ pub fn run(job: &Job<'_>, target: &Target, mode: TlsMode, sock: OwnedFd) -> Atte
             let said = first_text(&out);
             Attempted::Final(crashed(&format!("qmail-remote-io exited {code}: {said}")))
         }
-        None => Attempted::Final(crashed(&format!(
-            "qmail-remote-io was killed by signal {}",
-            status.signal().unwrap_or(0)
-        ))),
+        None => {
+            Attempted::Final(crashed(&format!("qmail-remote-io was killed by signal {}", status.signal().unwrap_or(0))))
+        }
     }
 }
 

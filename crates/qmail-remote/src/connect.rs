@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use chainmail_ucspi::poll::{self, Deadline};
 use nix::poll::{PollFd, PollFlags};
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, socket, sockopt,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, socket, sockopt};
 
 /// Why a connection failed.
 #[derive(Debug)]
@@ -41,8 +39,8 @@ fn failed(e: nix::Error) -> ConnectError {
 /// non-blocking.
 pub fn connect_within(ip: IpAddr, port: u16, limit: Duration) -> Result<OwnedFd, ConnectError> {
     let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let sock = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
-        .map_err(failed)?;
+    let sock =
+        socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None).map_err(failed)?;
     let addr = SockaddrStorage::from(SocketAddr::new(ip, port));
     match connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr) {
         Ok(()) => return Ok(sock),

@@ -79,14 +79,13 @@ pub fn targets_of(exchangers: &[Exchanger], port: u16, literal: bool) -> Vec<Tar
 pub fn plan(host: &[u8], control: &Control) -> Result<Vec<Target>, Final> {
     let routes = Routes::open(&control.home)
         .map_err(|e| temporary(format!("Unable to read control/smtproutes: {e}. (#4.3.0)\n")))?;
-    let route = routes
-        .lookup(host)
-        .map_err(|e| temporary(format!("Unable to read control/smtproutes: {e}. (#4.3.0)\n")))?;
+    let route =
+        routes.lookup(host).map_err(|e| temporary(format!("Unable to read control/smtproutes: {e}. (#4.3.0)\n")))?;
     let host_str = std::str::from_utf8(host).map_err(|_| Final::host_not_found(host))?;
     let deadline = Some(Instant::now() + control.timeout_dns.max(Duration::from_secs(1)));
     let resolver = || -> Result<Resolver, Final> {
-        let servers = Servers::from_env()
-            .map_err(|e| temporary(format!("Unable to find the DNS servers: {e}. (#4.3.0)\n")))?;
+        let servers =
+            Servers::from_env().map_err(|e| temporary(format!("Unable to find the DNS servers: {e}. (#4.3.0)\n")))?;
         Resolver::new(&servers).map_err(|e| temporary(format!("Unable to start the DNS resolver: {e}. (#4.3.0)\n")))
     };
     match route {

@@ -17,7 +17,8 @@ use chainmail_smtp::proxy;
 use chainmail_ucspi::process::{EnvChanges, Forked};
 use chainmail_ucspi::{SslFds, UCSPI_TLS_VARS, diag, fd};
 
-const USAGE: &str = "smtpd-starttls-proxy-io [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -R ] [ -- ] smtpd...";
+const USAGE: &str =
+    "smtpd-starttls-proxy-io [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -R ] [ -- ] smtpd...";
 
 /// Settings from the command line.
 #[derive(Debug)]

@@ -257,10 +257,9 @@ fn flush_client_fully(p: &mut Proxy, net_out: &OwnedFd, deadline: Deadline) -> b
 fn close(opts: &Options, end: End, mut p: Proxy, net_in: OwnedFd, net_out: OwnedFd) -> Ended {
     if opts.verbosity >= 1 {
         match end {
-            End::Injection => diag::warn(format_args!(
-                "client sent commands pipelined after STARTTLS; connection closed{}",
-                remote()
-            )),
+            End::Injection => {
+                diag::warn(format_args!("client sent commands pipelined after STARTTLS; connection closed{}", remote()))
+            }
             End::ServerError => diag::warn(format_args!(
                 "the smtpd sent a malformed reply or closed with replies owed; connection closed{}",
                 remote()
@@ -352,7 +351,13 @@ fn start_tls(
 /// Hands the smtpd's pipes over to the TLS engine: what the proxy still
 /// owes the smtpd is written first; what it owes the client goes in the
 /// message, for the engine to send before anything else.
-fn hand_over(opts: &Options, ctl: &OwnedFd, parts: &RelayParts, smtpd_in: &OwnedFd, smtpd_out: &OwnedFd) -> io::Result<()> {
+fn hand_over(
+    opts: &Options,
+    ctl: &OwnedFd,
+    parts: &RelayParts,
+    smtpd_in: &OwnedFd,
+    smtpd_out: &OwnedFd,
+) -> io::Result<()> {
     if !parts.to_server.is_empty() {
         fd::set_nonblocking(smtpd_in, false)?;
         fd::write_all(smtpd_in, &parts.to_server)?;

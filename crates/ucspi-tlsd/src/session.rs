@@ -154,7 +154,14 @@ impl Session {
         let mut pfds: [PollFd<'_>; 4] = std::array::from_fn(|_| PollFd::new(placeholder, PollFlags::empty()));
         let mut slots = [Slot::NetR; 4];
         let mut n = 0;
-        fn add<'a>(pfds: &mut [PollFd<'a>; 4], slots: &mut [Slot; 4], n: &mut usize, fd: BorrowedFd<'a>, ev: PollFlags, slot: Slot) {
+        fn add<'a>(
+            pfds: &mut [PollFd<'a>; 4],
+            slots: &mut [Slot; 4],
+            n: &mut usize,
+            fd: BorrowedFd<'a>,
+            ev: PollFlags,
+            slot: Slot,
+        ) {
             pfds[*n] = PollFd::new(fd, ev);
             slots[*n] = slot;
             *n += 1;

@@ -79,30 +79,62 @@ fn certs() -> &'static Certs {
             openssl(
                 &dir,
                 &[
-                    "req", "-x509", "-new", "-key", &format!("{ca}.key"), "-out", &format!("{ca}.pem"),
-                    "-days", "3650", "-subj", &format!("/CN={ca}"),
-                    "-addext", "basicConstraints=critical,CA:TRUE",
-                    "-addext", "keyUsage=critical,keyCertSign",
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-days",
+                    "3650",
+                    "-subj",
+                    &format!("/CN={ca}"),
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
                 ],
             );
         }
         let sign = |name: &str, ca: &str, subj: &str, ext: &str, days: &str| {
             key(&format!("{name}.key"));
-            openssl(&dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", subj, "-out", &format!("{name}.csr")]);
+            openssl(
+                &dir,
+                &["req", "-new", "-key", &format!("{name}.key"), "-subj", subj, "-out", &format!("{name}.csr")],
+            );
             std::fs::write(dir.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}\n"))
                 .expect("write ext");
             openssl(
                 &dir,
                 &[
-                    "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"),
-                    "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-days", days,
-                    "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem"),
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    days,
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.pem"),
                 ],
             );
         };
         let server = "extendedKeyUsage=serverAuth";
         let client = "extendedKeyUsage=clientAuth";
-        sign("default", "ca", "/CN=default.test", &format!("{server}\nsubjectAltName=DNS:default.test,IP:127.0.0.1"), "3650");
+        sign(
+            "default",
+            "ca",
+            "/CN=default.test",
+            &format!("{server}\nsubjectAltName=DNS:default.test,IP:127.0.0.1"),
+            "3650",
+        );
         sign("mail", "ca", "/CN=mail.test", &format!("{server}\nsubjectAltName=DNS:mail.test"), "3650");
         sign("wild", "ca", "/CN=*.wild.test", &format!("{server}\nsubjectAltName=DNS:*.wild.test"), "3650");
         sign("client", "ca", "/O=Test/CN=client.test", client, "3650");
@@ -337,12 +369,8 @@ impl Tls {
         let info = info.strip_prefix("INFO ").expect("INFO line").to_owned();
         let info = if info == "-" { None } else { Some(hex_decode(&info)) };
         let env = env.strip_prefix("ENV ").expect("ENV line").to_owned();
-        let ids: Vec<u32> = engine
-            .strip_prefix("ENGINE ")
-            .expect("ENGINE line")
-            .split(' ')
-            .map(|s| s.parse().expect("id"))
-            .collect();
+        let ids: Vec<u32> =
+            engine.strip_prefix("ENGINE ").expect("ENGINE line").split(' ').map(|s| s.parse().expect("id")).collect();
         Report { info, env, engine_ids: (ids[0], ids[1]) }
     }
 
@@ -647,7 +675,9 @@ fn environment_cleaning() {
     assert_eq!(vars(&report), ["CAT", "SSLCTLFD", "SSLREADFD", "SSLWRITEFD"]);
     let (report, _, _) = session(&["-Z"], &env, &CLIENT);
     let kept = vars(&report);
-    for name in ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "CERTFILE:mail.test", "KEYFILE:*.wild.test", "TLS_UID", "TLS_GID"] {
+    for name in
+        ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "CERTFILE:mail.test", "KEYFILE:*.wild.test", "TLS_UID", "TLS_GID"]
+    {
         assert!(kept.iter().any(|k| k == name), "{name} kept with -Z: {kept:?}");
     }
     let (report, _, _) = session(&["-Z", "-z"], &env, &CLIENT);

@@ -28,7 +28,14 @@ struct Script {
 
 impl Script {
     fn new(ehlo: &'static str) -> Script {
-        Script { greeting: "220 mx.test ESMTP\r\n", ehlo, over: Vec::new(), final_reply: "250 2.0.0 queued as X\r\n", log: Vec::new(), writes: Vec::new() }
+        Script {
+            greeting: "220 mx.test ESMTP\r\n",
+            ehlo,
+            over: Vec::new(),
+            final_reply: "250 2.0.0 queued as X\r\n",
+            log: Vec::new(),
+            writes: Vec::new(),
+        }
     }
     fn with(mut self, prefix: &'static str, reply: &'static str) -> Script {
         self.over.push((prefix, reply));
@@ -60,7 +67,8 @@ impl Script {
     }
 }
 
-const EHLO_PIPE: &str = "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n";
+const EHLO_PIPE: &str =
+    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 STARTTLS\r\n";
 const EHLO_PLAIN: &str = "250-mx.test\r\n250 8BITMIME\r\n";
 
 /// Runs an attempt against a script, feeding replies in `chunk`-sized
@@ -129,22 +137,37 @@ fn delivered(o: &Outcome) -> bool {
 
 #[test]
 fn pipelined_delivery_sends_the_transaction_in_one_write() {
-    let (o, s) = drive_all(|| (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(EHLO_PIPE)), true);
+    let (o, s) =
+        drive_all(|| (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(EHLO_PIPE)), true);
     assert!(delivered(&o), "{o:?}");
     let Outcome::Final { recipients, .. } = &o else { unreachable!() };
     assert_eq!(recipients, &vec![RcptResult::Accepted, RcptResult::Accepted]);
-    assert!(s.writes.contains(&"MAIL FROM:<a@b.test> SIZE=1000\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<z@y.test>\r\nDATA\r\n".to_owned()), "{:?}", s.writes);
+    assert!(
+        s.writes.contains(
+            &"MAIL FROM:<a@b.test> SIZE=1000\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<z@y.test>\r\nDATA\r\n".to_owned()
+        ),
+        "{:?}",
+        s.writes
+    );
     assert_eq!(s.log.last().map(String::as_str), Some("QUIT"));
     assert!(s.log.iter().position(|l| l == "<BODY>") < s.log.iter().position(|l| l == "QUIT"));
 }
 
 #[test]
 fn without_pipelining_one_command_at_a_time() {
-    let (o, s) = drive_all(|| (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(EHLO_PLAIN)), true);
+    let (o, s) =
+        drive_all(|| (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(EHLO_PLAIN)), true);
     assert!(delivered(&o));
     assert_eq!(
         s.writes,
-        ["EHLO me.test\r\n", "MAIL FROM:<a@b.test>\r\n", "RCPT TO:<x@y.test>\r\n", "RCPT TO:<z@y.test>\r\n", "DATA\r\n", "QUIT\r\n"]
+        [
+            "EHLO me.test\r\n",
+            "MAIL FROM:<a@b.test>\r\n",
+            "RCPT TO:<x@y.test>\r\n",
+            "RCPT TO:<z@y.test>\r\n",
+            "DATA\r\n",
+            "QUIT\r\n"
+        ]
     );
 }
 
@@ -157,17 +180,22 @@ fn ehlo_refused_falls_back_to_helo() {
 
 #[test]
 fn helo_refused_is_final_and_temporary() {
-    let (o, _) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Off)), Script::new("500 no\r\n").with("HELO", "550 go away\r\n")), true);
+    let (o, _) = drive_all(
+        || (Client::new(attempt(&["x@y"], TlsWish::Off)), Script::new("500 no\r\n").with("HELO", "550 go away\r\n")),
+        true,
+    );
     let Outcome::Final { verdict: v @ Verdict::HeloRejected(_), .. } = &o else { panic!("{o:?}") };
     assert!(!v.is_permanent());
 }
 
 #[test]
 fn greeting_4xx_skips_and_5xx_is_final_temporary() {
-    let make = |g: &'static str| move || {
-        let mut s = Script::new(EHLO_PIPE);
-        s.greeting = g;
-        (Client::new(attempt(&["x@y"], TlsWish::Off)), s)
+    let make = |g: &'static str| {
+        move || {
+            let mut s = Script::new(EHLO_PIPE);
+            s.greeting = g;
+            (Client::new(attempt(&["x@y"], TlsWish::Off)), s)
+        }
     };
     let (o, s) = drive_all(make("421-busy\r\n421 try later\r\n"), true);
     assert!(matches!(&o, Outcome::Skip(Skip::Greeting(r)) if r.code == 421 && r.lines.len() == 2), "{o:?}");
@@ -224,10 +252,26 @@ fn tls_wishes() {
     assert_eq!(o, Outcome::NoStartTls);
     assert!(!s.log.iter().any(|l| l.starts_with("MAIL")));
     // Require, refused.
-    let (o, _) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Require)), Script::new(EHLO_PIPE).with("STARTTLS", "454 4.7.0 not now\r\n")), true);
+    let (o, _) = drive_all(
+        || {
+            (
+                Client::new(attempt(&["x@y"], TlsWish::Require)),
+                Script::new(EHLO_PIPE).with("STARTTLS", "454 4.7.0 not now\r\n"),
+            )
+        },
+        true,
+    );
     assert!(matches!(o, Outcome::TlsFailed(Some(ref r)) if r.code == 454), "{o:?}");
     // Try, refused: goes on in plaintext on the same connection.
-    let (o, s) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Try)), Script::new(EHLO_PIPE).with("STARTTLS", "454 4.7.0 not now\r\n")), true);
+    let (o, s) = drive_all(
+        || {
+            (
+                Client::new(attempt(&["x@y"], TlsWish::Try)),
+                Script::new(EHLO_PIPE).with("STARTTLS", "454 4.7.0 not now\r\n"),
+            )
+        },
+        true,
+    );
     assert!(delivered(&o));
     assert!(!s.log.contains(&"<TLS>".to_owned()));
     // Handshake failure.
@@ -237,18 +281,22 @@ fn tls_wishes() {
 
 #[test]
 fn size_and_body_parameters() {
-    let make = |size: u64, eight: bool, utf8: bool, ehlo: &'static str| move || {
-        let mut a = attempt(&["x@y"], TlsWish::Off);
-        a.facts.encoded_size = size;
-        a.facts.eight_bit = eight;
-        a.needs_smtputf8 = utf8;
-        (Client::new(a), Script::new(ehlo))
+    let make = |size: u64, eight: bool, utf8: bool, ehlo: &'static str| {
+        move || {
+            let mut a = attempt(&["x@y"], TlsWish::Off);
+            a.facts.encoded_size = size;
+            a.facts.eight_bit = eight;
+            a.needs_smtputf8 = utf8;
+            (Client::new(a), Script::new(ehlo))
+        }
     };
     let (o, s) = drive_all(make(500, true, true, EHLO_PIPE), true);
     assert!(delivered(&o));
     assert_eq!(s.log[1], "MAIL FROM:<a@b.test> SIZE=500 BODY=8BITMIME SMTPUTF8");
     let (o, s) = drive_all(make(100_001, false, false, EHLO_PIPE), true);
-    let Outcome::Final { verdict: v @ Verdict::TooBig { size: 100_001, limit: 100_000 }, .. } = &o else { panic!("{o:?}") };
+    let Outcome::Final { verdict: v @ Verdict::TooBig { size: 100_001, limit: 100_000 }, .. } = &o else {
+        panic!("{o:?}")
+    };
     assert!(v.is_permanent());
     assert!(!s.log.iter().any(|l| l.starts_with("MAIL")));
     let (o, _) = drive_all(make(10, false, true, EHLO_PLAIN), true);
@@ -261,8 +309,23 @@ fn size_and_body_parameters() {
 
 #[test]
 fn sender_rejected() {
-    for (ehlo, code, permanent) in [(EHLO_PIPE, "550 5.7.1 no\r\n", true), (EHLO_PLAIN, "451 4.3.0 later\r\n", false), (EHLO_PIPE, "451 later\r\n", false)] {
-        let (o, s) = drive_all(|| (Client::new(attempt(&["x@y", "z@y"], TlsWish::Off)), Script::new(ehlo).with("MAIL", code).with("RCPT", "503 need MAIL\r\n").with("DATA", "503 need RCPT\r\n")), true);
+    for (ehlo, code, permanent) in [
+        (EHLO_PIPE, "550 5.7.1 no\r\n", true),
+        (EHLO_PLAIN, "451 4.3.0 later\r\n", false),
+        (EHLO_PIPE, "451 later\r\n", false),
+    ] {
+        let (o, s) = drive_all(
+            || {
+                (
+                    Client::new(attempt(&["x@y", "z@y"], TlsWish::Off)),
+                    Script::new(ehlo)
+                        .with("MAIL", code)
+                        .with("RCPT", "503 need MAIL\r\n")
+                        .with("DATA", "503 need RCPT\r\n"),
+                )
+            },
+            true,
+        );
         let Outcome::Final { verdict: v @ Verdict::SenderRejected(_), recipients } = &o else { panic!("{o:?}") };
         assert_eq!(v.is_permanent(), permanent);
         // The 503s the pipelined RCPTs got are not the recipients' fate.
@@ -275,13 +338,21 @@ fn sender_rejected() {
 fn mixed_recipients() {
     for ehlo in [EHLO_PIPE, EHLO_PLAIN] {
         let (o, _) = drive_all(
-            || (Client::new(attempt(&["good@y", "bad@y", "later@y"], TlsWish::Off)),
-                Script::new(ehlo).with("RCPT TO:<bad", "550 5.1.1 no such user\r\n").with("RCPT TO:<later", "452 4.2.2 full\r\n")),
+            || {
+                (
+                    Client::new(attempt(&["good@y", "bad@y", "later@y"], TlsWish::Off)),
+                    Script::new(ehlo)
+                        .with("RCPT TO:<bad", "550 5.1.1 no such user\r\n")
+                        .with("RCPT TO:<later", "452 4.2.2 full\r\n"),
+                )
+            },
             true,
         );
         let Outcome::Final { recipients, verdict } = &o else { panic!("{o:?}") };
         assert!(verdict.is_delivered());
-        assert!(matches!(&recipients[..], [RcptResult::Accepted, RcptResult::Refused(r), RcptResult::Deferred(d)] if r.code == 550 && d.code == 452));
+        assert!(
+            matches!(&recipients[..], [RcptResult::Accepted, RcptResult::Refused(r), RcptResult::Deferred(d)] if r.code == 550 && d.code == 452)
+        );
     }
 }
 
@@ -291,8 +362,15 @@ fn no_recipient_accepted() {
     for (later, permanent) in [("550 no\r\n", true), ("451 later\r\n", false)] {
         for ehlo in [EHLO_PIPE, EHLO_PLAIN] {
             let (o, s) = drive_all(
-                || (Client::new(attempt(&["a@y", "b@y"], TlsWish::Off)),
-                    Script::new(ehlo).with("RCPT TO:<a", "550 no\r\n").with("RCPT TO:<b", later).with("DATA", "554 no valid recipients\r\n")),
+                || {
+                    (
+                        Client::new(attempt(&["a@y", "b@y"], TlsWish::Off)),
+                        Script::new(ehlo)
+                            .with("RCPT TO:<a", "550 no\r\n")
+                            .with("RCPT TO:<b", later)
+                            .with("DATA", "554 no valid recipients\r\n"),
+                    )
+                },
                 true,
             );
             let Outcome::Final { verdict: v @ Verdict::NoRecipients { .. }, .. } = &o else { panic!("{o:?}") };
@@ -307,7 +385,10 @@ fn no_recipient_accepted() {
 
 #[test]
 fn data_accepted_without_recipients_is_closed_with_a_dot() {
-    let (o, s) = drive_all(|| (Client::new(attempt(&["a@y"], TlsWish::Off)), Script::new(EHLO_PIPE).with("RCPT", "550 no\r\n")), true);
+    let (o, s) = drive_all(
+        || (Client::new(attempt(&["a@y"], TlsWish::Off)), Script::new(EHLO_PIPE).with("RCPT", "550 no\r\n")),
+        true,
+    );
     assert!(matches!(&o, Outcome::Final { verdict: Verdict::NoRecipients { any_temporary: false }, .. }));
     let tail: Vec<&str> = s.log.iter().rev().take(2).map(String::as_str).collect();
     assert_eq!(tail, ["QUIT", "."]);
@@ -345,11 +426,14 @@ fn data_and_final_replies() {
 
 #[test]
 fn garbage_after_the_dot_is_never_delivered() {
-    let (o, _) = drive_all(|| {
-        let mut s = Script::new(EHLO_PIPE);
-        s.final_reply = "2x0 whatever\r\n";
-        (Client::new(attempt(&["a@y"], TlsWish::Off)), s)
-    }, true);
+    let (o, _) = drive_all(
+        || {
+            let mut s = Script::new(EHLO_PIPE);
+            s.final_reply = "2x0 whatever\r\n";
+            (Client::new(attempt(&["a@y"], TlsWish::Off)), s)
+        },
+        true,
+    );
     let Outcome::Final { verdict: v @ Verdict::Protocol { after_dot: true, .. }, .. } = &o else { panic!("{o:?}") };
     assert!(!v.is_permanent() && !v.is_delivered());
 }
@@ -399,7 +483,10 @@ fn tls_breaking_after_the_handshake() {
     c.tls_done(true);
     c.server_data(b"250 mx\r\n");
     c.server_closed();
-    assert!(matches!(c.status(), Status::Done(Outcome::Final { verdict: Verdict::ConnectionDied { after_dot: false, .. }, .. })));
+    assert!(matches!(
+        c.status(),
+        Status::Done(Outcome::Final { verdict: Verdict::ConnectionDied { after_dot: false, .. }, .. })
+    ));
 }
 
 #[test]
@@ -413,7 +500,14 @@ fn malformed_reply_before_the_transaction_skips() {
 fn extensions_parse() {
     let r = Reply {
         code: 250,
-        lines: vec![b"mx.test hello".to_vec(), b"pipelining".to_vec(), b"SIZE".to_vec(), b"StartTLS".to_vec(), b"8BITMIME".to_vec(), b"AUTH PLAIN".to_vec()],
+        lines: vec![
+            b"mx.test hello".to_vec(),
+            b"pipelining".to_vec(),
+            b"SIZE".to_vec(),
+            b"StartTLS".to_vec(),
+            b"8BITMIME".to_vec(),
+            b"AUTH PLAIN".to_vec(),
+        ],
     };
     let e = Extensions::from_ehlo(&r);
     assert!(e.pipelining && e.starttls && e.eight_bit_mime && !e.smtputf8);

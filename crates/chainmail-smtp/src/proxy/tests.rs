@@ -164,7 +164,10 @@ fn run(config: Config, mut smtpd: FakeSmtpd, client: &[u8], chunk: usize, client
                 to_client.extend_from_slice(&server_queue);
                 to_client.extend(smtpd.input(&parts.to_server));
                 to_client.extend(smtpd.input(&client[client_pos..]));
-                return (Transcript { to_client, smtpd_received: smtpd.received.clone(), end: Status::Relay(t) }, smtpd);
+                return (
+                    Transcript { to_client, smtpd_received: smtpd.received.clone(), end: Status::Relay(t) },
+                    smtpd,
+                );
             }
             Status::Finished(e) => {
                 return (
@@ -235,7 +238,8 @@ fn failed_ehlo_is_not_touched() {
 #[test]
 fn pipelined_rset_then_mail_gets_every_reply() {
     // The original proxy stalled for 300 s on exactly this.
-    let client = b"EHLO x\r\nRSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n";
+    let client =
+        b"EHLO x\r\nRSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n";
     let (t, smtpd) = run_all(Config::default(), &FakeSmtpd::new(), client, false);
     assert_eq!(t.end, Status::Relay(Transport::Plain));
     let got = text(&t.to_client);
@@ -251,7 +255,8 @@ fn pipelined_rset_then_mail_gets_every_reply() {
 
 #[test]
 fn local_and_forwarded_replies_keep_their_order() {
-    let client = b"NOOP\r\nEHLO x\r\nNOOP\r\nFOO bar\r\nVRFY u\r\nRCPT TO:<x@y>\r\nHELP\r\nDATA\r\nRSET\r\n\r\nNOOP\r\n";
+    let client =
+        b"NOOP\r\nEHLO x\r\nNOOP\r\nFOO bar\r\nVRFY u\r\nRCPT TO:<x@y>\r\nHELP\r\nDATA\r\nRSET\r\n\r\nNOOP\r\n";
     let (t, smtpd) = run_all(Config { require_tls: false }, &FakeSmtpd::new(), client, false);
     let got = text(&t.to_client);
     let want = [
@@ -317,7 +322,11 @@ fn starttls_failure_to_reset_gives_454_and_the_session_goes_on() {
     let (t, _) = run(Config::default(), smtpd, b"STARTTLS\r\nNOOP\r\n", 1, false);
     // NOOP was not read before the RSET reply (STARTTLS stops reading),
     // so it is not an injection; afterwards it is answered.
-    assert!(text(&t.to_client).ends_with("454 4.7.0 TLS not available: the server could not reset\r\n250 2.0.0 OK\r\n"), "{}", text(&t.to_client));
+    assert!(
+        text(&t.to_client).ends_with("454 4.7.0 TLS not available: the server could not reset\r\n250 2.0.0 OK\r\n"),
+        "{}",
+        text(&t.to_client)
+    );
 }
 
 #[test]
@@ -348,7 +357,8 @@ fn starttls_with_an_argument_is_refused() {
 
 #[test]
 fn bare_cr_and_nul_in_commands_are_refused() {
-    let (t, smtpd) = run_all(Config::default(), &FakeSmtpd::new(), b"STARTTLS\rMAIL FROM:<a@b>\r\nMAIL FROM:<a\0b>\r\n", false);
+    let (t, smtpd) =
+        run_all(Config::default(), &FakeSmtpd::new(), b"STARTTLS\rMAIL FROM:<a@b>\r\nMAIL FROM:<a\0b>\r\n", false);
     assert_eq!(t.to_client.windows(9).filter(|w| w == b"bare CR o").count(), 2, "{}", text(&t.to_client));
     assert!(smtpd.received.is_empty());
     assert_eq!(t.end, Status::Running);
@@ -372,7 +382,9 @@ fn long_lines() {
 
 #[test]
 fn helo_mail_and_auth_choose_plaintext() {
-    for (cmd, reply) in [("HELO x", "250 fake.test"), ("MAIL FROM:<a@b>", "250 2.1.0 ok"), ("AUTH PLAIN", "334 VXNlcm5hbWU6")] {
+    for (cmd, reply) in
+        [("HELO x", "250 fake.test"), ("MAIL FROM:<a@b>", "250 2.1.0 ok"), ("AUTH PLAIN", "334 VXNlcm5hbWU6")]
+    {
         let client = format!("{cmd}\r\nSTARTTLS\r\nRCPT TO:<c@d>\r\n");
         let (t, smtpd) = run_all(Config::default(), &FakeSmtpd::new(), client.as_bytes(), false);
         assert_eq!(t.end, Status::Relay(Transport::Plain));
