@@ -7,11 +7,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
-use chainmail_ucspi::fd;
-use chainmail_ucspi::net;
-use chainmail_ucspi::poll::{self, Deadline};
-use chainmail_ucspi::relay::{LegSpec, Outcome, Relay};
-use chainmail_ucspi::{SslFds, diag};
+use chainmail_sys::diag;
+use chainmail_sys::fd;
+use chainmail_sys::net;
+use chainmail_sys::poll::{self, Deadline};
+use chainmail_sys::relay::{LegSpec, Outcome, Relay};
+use chainmail_ucspi_tls::SslFds;
 use nix::poll::{PollFd, PollFlags};
 
 use crate::Options;
@@ -304,7 +305,7 @@ fn start_tls(
     // TLS is up and the engine relays with the smtpd directly: one process
     // and one copy less per byte.
     let handover = opts.handover;
-    let command = if handover { [chainmail_ucspi::env::HANDOVER_COMMAND] } else { *b"Y" };
+    let command = if handover { [chainmail_ucspi_tls::env::HANDOVER_COMMAND] } else { *b"Y" };
     let info = match fd::write_all(&ctl, &command) {
         Ok(()) => read_tls_info(&ctl, deadline, handover),
         Err(_) => Vec::new(),
@@ -363,7 +364,7 @@ fn hand_over(
         fd::write_all(smtpd_in, &parts.to_server)?;
     }
     let idle_ms = opts.relay_timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let message = chainmail_ucspi::env::encode_handover(idle_ms, &parts.to_client);
+    let message = chainmail_ucspi_tls::env::encode_handover(idle_ms, &parts.to_client);
     fd::send_with_fds(ctl, &message, &[smtpd_in.as_fd(), smtpd_out.as_fd()])
 }
 
