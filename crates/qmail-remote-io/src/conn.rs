@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chainmail_ucspi::fd::{self, FdIo};
-use chainmail_ucspi::poll::{self, Deadline};
+use chainmail_sys::fd::{self, FdIo};
+use chainmail_sys::poll::{self, Deadline};
 use nix::poll::{PollFd, PollFlags};
 use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
@@ -60,7 +60,7 @@ impl Conn {
     pub fn new(rfd: OwnedFd, wfd: OwnedFd, timeout: Duration) -> io::Result<Conn> {
         fd::set_nonblocking(&rfd, true)?;
         fd::set_nonblocking(&wfd, true)?;
-        chainmail_ucspi::net::set_nodelay(&wfd);
+        chainmail_sys::net::set_nodelay(&wfd);
         Ok(Conn { rfd, wfd, tls: None, inbox: Vec::new(), eof: false, timeout })
     }
 
@@ -271,6 +271,6 @@ impl Conn {
             tls.send_close_notify();
         }
         let _ = self.flush_tls();
-        let _ = chainmail_ucspi::net::shutdown_write(&self.wfd);
+        let _ = chainmail_sys::net::shutdown_write(&self.wfd);
     }
 }

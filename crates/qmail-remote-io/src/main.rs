@@ -25,8 +25,8 @@ use chainmail_qmail::{Final, RemoteText, Report, Verdict as Letter};
 use chainmail_smtp::client::{Attempt, Client, Outcome, RcptResult, Skip, Status, TlsWish, Verdict};
 use chainmail_smtp::data::{DataEncoder, MessageFacts};
 use chainmail_smtp::reply::Reply;
+use chainmail_sys::fd;
 use chainmail_tls::client::{Anchors, ClientSettings, ServerAuth, client_config, server_name};
-use chainmail_ucspi::fd;
 
 use crate::conn::{Conn, ConnError};
 

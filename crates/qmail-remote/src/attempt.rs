@@ -11,7 +11,7 @@ use chainmail_qmail::control::{Control, TrustAnchors};
 use chainmail_qmail::remote_io::{self, TlsMode};
 use chainmail_qmail::report::parse_records;
 use chainmail_smtp::data::MessageFacts;
-use chainmail_ucspi::fd;
+use chainmail_sys::fd;
 
 use crate::plan::Target;
 

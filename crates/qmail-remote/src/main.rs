@@ -49,13 +49,13 @@ fn make_message_seekable() -> Result<(), Final> {
         .map_err(|_| Final::system_resources())?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match chainmail_ucspi::fd::read(&fd0, &mut buf) {
+        match chainmail_sys::fd::read(&fd0, &mut buf) {
             Ok(0) => break,
-            Ok(n) => chainmail_ucspi::fd::write_all(&copy, &buf[..n]).map_err(|_| Final::system_resources())?,
+            Ok(n) => chainmail_sys::fd::write_all(&copy, &buf[..n]).map_err(|_| Final::system_resources())?,
             Err(_) => return Err(Final::unreadable_message()),
         }
     }
-    chainmail_ucspi::fd::dup_onto(copy.as_fd(), 0).map_err(|_| Final::system_resources())?;
+    chainmail_sys::fd::dup_onto(copy.as_fd(), 0).map_err(|_| Final::system_resources())?;
     nix::unistd::lseek(fd0, 0, nix::unistd::Whence::SeekSet).map_err(|_| Final::unreadable_message())?;
     Ok(())
 }
@@ -218,6 +218,6 @@ fn main() -> ExitCode {
     let out = run(&args);
     // One write(2) on fd 1 (std's stdout is line-buffered and would cut
     // the report at its newlines): the report is complete or absent.
-    let _ = chainmail_ucspi::fd::write_all(&std::io::stdout().as_fd(), &out);
+    let _ = chainmail_sys::fd::write_all(&std::io::stdout().as_fd(), &out);
     ExitCode::SUCCESS
 }

@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chainmail_smtp::proxy;
-use chainmail_ucspi::process::{EnvChanges, Forked};
-use chainmail_ucspi::{SslFds, UCSPI_TLS_VARS, diag, fd};
+use chainmail_sys::process::{EnvChanges, Forked};
+use chainmail_sys::{diag, fd};
+use chainmail_ucspi_tls::{SslFds, UCSPI_TLS_VARS};
 
 const USAGE: &str =
     "smtpd-starttls-proxy-io [ -v verbosity ] [ -t timeout ] [ -T relaytimeout ] [ -R ] [ -- ] smtpd...";
@@ -44,7 +45,7 @@ enum Fatal {
     #[error("{0}")]
     BadOption(String),
     #[error("{0}")]
-    Env(#[from] chainmail_ucspi::env::EnvError),
+    Env(#[from] chainmail_ucspi_tls::env::EnvError),
     #[error("unable to {what}: {source}")]
     Sys { what: &'static str, source: std::io::Error },
 }
@@ -72,7 +73,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Fatal
         relay_timeout: Some(Duration::from_secs(1200)),
         proxy: proxy::Config::default(),
         smtpd: Vec::new(),
-        handover: std::env::var_os(chainmail_ucspi::env::HANDOVER_VAR).is_some_and(|v| v == "1"),
+        handover: std::env::var_os(chainmail_ucspi_tls::env::HANDOVER_VAR).is_some_and(|v| v == "1"),
     };
     let mut parser = lexopt::Parser::from_args(args);
     let bad = |e: lexopt::Error| Fatal::BadOption(e.to_string());
@@ -119,7 +120,7 @@ fn run() -> Result<u8, Fatal> {
     let _ = fd::set_pipe_size(&to_smtpd_w, session::PIPE_SIZE);
     let _ = fd::set_pipe_size(&from_smtpd_w, session::PIPE_SIZE);
 
-    match chainmail_ucspi::process::fork().map_err(sys("fork"))? {
+    match chainmail_sys::process::fork().map_err(sys("fork"))? {
         Forked::Parent { .. } => {
             // The smtpd: pipes on 0 and 1, no network, no UCSPI-TLS
             // descriptors (they are close-on-exec) nor their variables.
@@ -130,8 +131,8 @@ fn run() -> Result<u8, Fatal> {
             for name in UCSPI_TLS_VARS {
                 env.remove(name);
             }
-            env.remove(chainmail_ucspi::env::HANDOVER_VAR);
-            let err = chainmail_ucspi::process::exec(&opts.smtpd, &env);
+            env.remove(chainmail_ucspi_tls::env::HANDOVER_VAR);
+            let err = chainmail_sys::process::exec(&opts.smtpd, &env);
             Err(Fatal::Sys { what: "exec the smtpd", source: err })
         }
         Forked::Child => {

@@ -7,11 +7,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
-use chainmail_ucspi::fd;
-use chainmail_ucspi::net;
-use chainmail_ucspi::poll::{self, Deadline};
-use chainmail_ucspi::relay::{LegSpec, Outcome, Relay};
-use chainmail_ucspi::{SslFds, diag};
+use chainmail_sys::diag;
+use chainmail_sys::fd;
+use chainmail_sys::net;
+use chainmail_sys::poll::{self, Deadline};
+use chainmail_sys::relay::{LegSpec, Outcome, Relay};
+use chainmail_ucspi_tls::SslFds;
 use nix::poll::{PollFd, PollFlags};
 
 use crate::Options;
@@ -24,6 +25,15 @@ pub const PIPE_SIZE: usize = 256 * 1024;
 /// EOF.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long the relay must be idle before the process gives its code
+/// pages back, once per idle period: a process serves one session, so
+/// while it waits the code it ran is better left to the page cache.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+fn give_back_code_pages() {
+    let _ = chainmail_sys::process::release_clean_file_pages();
+}
 
 /// Most connection information accepted from the UCSPI-TLS server.
 const MAX_TLS_INFO: usize = 64 * 1024;
@@ -149,7 +159,8 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
                     LegSpec { src: net_in, dst: smtpd_in, leftover: parts.to_server },
                     LegSpec { src: smtpd_out, dst: net_out, leftover: parts.to_client },
                 )?
-                .idle_timeout(opts.relay_timeout);
+                .idle_timeout(opts.relay_timeout)
+                .on_idle(TRIM_AFTER, give_back_code_pages);
                 return Ok(relay_outcome(relay.run()?.outcome));
             }
             Status::Finished(end) => return Ok(close(opts, end, p, net_in, net_out)),
@@ -304,7 +315,7 @@ fn start_tls(
     // TLS is up and the engine relays with the smtpd directly: one process
     // and one copy less per byte.
     let handover = opts.handover;
-    let command = if handover { [chainmail_ucspi::env::HANDOVER_COMMAND] } else { *b"Y" };
+    let command = if handover { [chainmail_ucspi_tls::env::HANDOVER_COMMAND] } else { *b"Y" };
     let info = match fd::write_all(&ctl, &command) {
         Ok(()) => read_tls_info(&ctl, deadline, handover),
         Err(_) => Vec::new(),
@@ -344,7 +355,8 @@ fn start_tls(
         LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
         LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },
     )?
-    .idle_timeout(opts.relay_timeout);
+    .idle_timeout(opts.relay_timeout)
+    .on_idle(TRIM_AFTER, give_back_code_pages);
     Ok(relay_outcome(relay.run()?.outcome))
 }
 
@@ -363,7 +375,7 @@ fn hand_over(
         fd::write_all(smtpd_in, &parts.to_server)?;
     }
     let idle_ms = opts.relay_timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let message = chainmail_ucspi::env::encode_handover(idle_ms, &parts.to_client);
+    let message = chainmail_ucspi_tls::env::encode_handover(idle_ms, &parts.to_client);
     fd::send_with_fds(ctl, &message, &[smtpd_in.as_fd(), smtpd_out.as_fd()])
 }
 

@@ -15,9 +15,10 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use chainmail_sys::process::{self, EnvChanges, Forked, PrivError};
+use chainmail_sys::{Deadline, diag, fd, net};
 use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
-use chainmail_ucspi::process::{self, EnvChanges, Forked, PrivError};
-use chainmail_ucspi::{Deadline, diag, env, fd, net};
+use chainmail_ucspi_tls::env;
 use thiserror::Error;
 
 use crate::options::Config;
@@ -133,7 +134,7 @@ fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Re
         fd::set_cloexec(fd, false).map_err(sys("clear close-on-exec"))?;
         changes.set(name, fd.as_raw_fd().to_string());
     }
-    // This engine takes handovers (`H`, see chainmail_ucspi::env).
+    // This engine takes handovers (`H`, see chainmail_ucspi_tls::env).
     changes.set(env::HANDOVER_VAR, "1");
     let source = process::exec(&config.prog, &changes);
     Err(Error::Exec { prog: config.prog[0].to_string_lossy().into_owned(), source })
@@ -250,7 +251,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     Ok(())
 }
 
-/// The handover message after `H` (chainmail_ucspi::env): the relay's idle
+/// The handover message after `H` (chainmail_ucspi_tls::env): the relay's idle
 /// timeout, the bytes for the client, and two descriptors (where the
 /// client's plaintext goes, where plaintext for the client comes from).
 /// `None` when the application closes the socket without one, or does not

@@ -4,10 +4,10 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use chainmail_sys::Deadline;
+use chainmail_sys::fd::{self, FdIo, Kind};
+use chainmail_sys::{net, poll};
 use chainmail_tls::{Engine, EngineError, Step};
-use chainmail_ucspi::Deadline;
-use chainmail_ucspi::fd::{self, FdIo, Kind};
-use chainmail_ucspi::{net, poll};
 use nix::poll::{PollFd, PollFlags};
 
 /// How long what the application sent before its EOF may take to leave.
@@ -285,7 +285,7 @@ impl Session {
                 Waited::TimedOut if flush_deadline.expired() => return Err(RelayError::FlushTimeout),
                 Waited::TimedOut if quiet_until.expired() => return Err(RelayError::Idle),
                 Waited::TimedOut if trim_at.expired() => {
-                    let _ = chainmail_ucspi::process::release_clean_file_pages();
+                    let _ = chainmail_sys::process::release_clean_file_pages();
                     trim_at = Deadline::NEVER;
                 }
                 // Nothing left to wait for (should not happen): the end.

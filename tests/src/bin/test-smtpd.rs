@@ -56,7 +56,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chainmail_ucspi::Deadline;
+use chainmail_sys::Deadline;
 use nix::poll::{PollFd, PollFlags};
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -159,7 +159,7 @@ impl Input {
             return Err(io::Error::other("input buffer full"));
         }
         let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
-        if chainmail_ucspi::poll::wait(&mut fds, Deadline::after(IDLE))? == 0 {
+        if chainmail_sys::poll::wait(&mut fds, Deadline::after(IDLE))? == 0 {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
         }
         let n = loop {

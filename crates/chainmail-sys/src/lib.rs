@@ -1,8 +1,9 @@
-//! The Unix side of chainmail: the UCSPI and UCSPI-TLS contract (which
-//! file descriptors and which environment variables a program inherits),
-//! plus the plumbing the binaries share: deadlines and `poll`, forking and
-//! exec-ing into the next program of a chain, dropping privileges, and a
-//! byte relay that uses `splice(2)` where the kernel allows it.
+//! The Unix side of chainmail: the plumbing the binaries share. Owned
+//! descriptors from inherited numbers, deadlines and `poll`, forking and
+//! exec-ing into the next program of a chain, dropping privileges, a byte
+//! relay that uses `splice(2)` where the kernel allows it, diagnostics, and
+//! the command-line conventions (exit codes, usage, the `fatal` line).
+//! The UCSPI-TLS protocol itself lives in chainmail-ucspi-tls.
 //!
 //! This is the only crate of the workspace that contains `unsafe` code.
 //! It is confined to a few small functions: turning an inherited descriptor
@@ -12,12 +13,10 @@
 //! Every other crate has `#![forbid(unsafe_code)]`.
 
 pub mod diag;
-pub mod env;
 pub mod fd;
 pub mod net;
 pub mod poll;
 pub mod process;
 pub mod relay;
 
-pub use env::{SslFds, UCSPI_TLS_VARS};
 pub use poll::Deadline;

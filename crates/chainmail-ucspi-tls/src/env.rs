@@ -14,7 +14,7 @@ use std::os::fd::{OwnedFd, RawFd};
 
 use thiserror::Error;
 
-use crate::fd;
+use chainmail_sys::fd;
 
 /// Name of the control socket variable.
 pub const SSLCTLFD: &str = "SSLCTLFD";
