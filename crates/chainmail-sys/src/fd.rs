@@ -193,59 +193,109 @@ pub fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> i
 
 /// Receives what [`send_with_fds`] sent: reads `sock` (blocking) up to EOF
 /// or `max` bytes, and takes ownership of the descriptors that came with
-/// the data (at most `max_fds`; any beyond are closed). The descriptors are
-/// close-on-exec.
+/// the data. The descriptors are close-on-exec.
+///
+/// Every descriptor the kernel installed in this process is either
+/// returned owned or closed before this function returns, whatever
+/// happens. More than `max_fds` descriptors in all (including a control
+/// message the kernel had to truncate, `MSG_CTRUNC`, whose surplus the
+/// kernel itself discards) is an error (`InvalidData`), and then all of
+/// them are closed: a sender that breaks the limit gets nothing through.
 pub fn recv_with_fds(sock: &impl AsFd, max: usize, max_fds: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    use nix::sys::socket::{MsgFlags, UnixAddr, recvmsg};
     let mut data = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut cmsg_space = vec![0u8; cmsg_room(max_fds.max(1))];
+    // Room for one descriptor more than allowed: a sender that breaks the
+    // limit by one is seen without relying on the truncation flag alone.
+    let mut cmsg_buf = vec![0u8; cmsg_space_for(max_fds.saturating_add(1))];
     let mut buf = vec![0u8; 4096];
+    let mut too_many = false;
     while data.len() < max {
-        let (n, got) = {
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = loop {
-                match recvmsg::<UnixAddr>(
-                    sock.as_fd().as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg_space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Ok(m) => break m,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => return Err(errno(e)),
-                }
-            };
-            let mut got: Vec<RawFd> = Vec::new();
-            for c in msg.cmsgs().map_err(errno)? {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    got.extend(r);
-                }
+        // The parser below stops at the first zeroed header.
+        cmsg_buf.fill(0);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let (n, truncated) = loop {
+            match recvmsg::<UnixAddr>(
+                sock.as_fd().as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => break (m.bytes, m.flags.contains(MsgFlags::MSG_CTRUNC)),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(errno(e)),
             }
-            (msg.bytes, got)
         };
-        for raw in got {
-            // SAFETY: the kernel just installed these descriptors in this
-            // process for this message; nothing else knows their numbers.
+        // Own what the kernel installed before anything else can return:
+        // nix's `cmsgs()` refuses a truncated buffer, which would leave the
+        // installed descriptors open and unowned, so the buffer is read here.
+        for raw in scm_rights_in(&cmsg_buf) {
+            // SAFETY: the kernel just installed this descriptor in this
+            // process for this message; nothing else knows its number.
             #[allow(unsafe_code)]
             let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-            if fds.len() < max_fds {
-                fds.push(owned);
-            }
+            fds.push(owned);
         }
+        too_many |= truncated || fds.len() > max_fds;
         if n == 0 {
             break;
         }
         data.extend_from_slice(&buf[..n.min(max - data.len())]);
     }
+    if too_many {
+        // Dropping `fds` closes every one of them.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than {max_fds} descriptors received")));
+    }
     Ok((data, fds))
 }
 
-/// Room for a control message carrying `n` descriptors.
-fn cmsg_room(n: usize) -> usize {
-    // CMSG_SPACE(n * sizeof(int)): a header plus the aligned payload; twice
-    // the header is more than the alignment can take.
-    2 * std::mem::size_of::<libc::cmsghdr>() + n * std::mem::size_of::<RawFd>() + 8
+/// `CMSG_SPACE(n * sizeof(int))`: room for a control message carrying `n`
+/// descriptors.
+fn cmsg_space_for(n: usize) -> usize {
+    let payload = u32::try_from(n.saturating_mul(std::mem::size_of::<RawFd>())).unwrap_or(u32::MAX / 2);
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
+    #[allow(unsafe_code)]
+    let space = unsafe { libc::CMSG_SPACE(payload) };
+    space as usize
+}
+
+/// The descriptor numbers of the `SCM_RIGHTS` messages in a control
+/// buffer that was zeroed before `recvmsg` filled it (a zero length ends
+/// the walk). Reads the Linux layout (`struct cmsghdr`: `cmsg_len`,
+/// `cmsg_level`, `cmsg_type`, data aligned to `size_t`) from the bytes,
+/// so that it also works on a buffer the kernel truncated.
+fn scm_rights_in(buf: &[u8]) -> Vec<RawFd> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let align = |n: usize| n.div_ceil(WORD).saturating_mul(WORD);
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let int = std::mem::size_of::<libc::c_int>();
+    let mut fds = Vec::new();
+    let mut at = 0usize;
+    while at.saturating_add(header) <= buf.len() {
+        let field = |offset: usize, width: usize| &buf[at + offset..at + offset + width];
+        let len_width = std::mem::size_of::<libc::size_t>();
+        let len = match len_width {
+            8 => field(0, 8).try_into().map(u64::from_ne_bytes).map(|v| v as usize),
+            _ => field(0, 4).try_into().map(u32::from_ne_bytes).map(|v| v as usize),
+        }
+        .unwrap_or(0);
+        if len < header {
+            break;
+        }
+        let level = field(len_width, int).try_into().map(libc::c_int::from_ne_bytes).unwrap_or(-1);
+        let kind = field(len_width + int, int).try_into().map(libc::c_int::from_ne_bytes).unwrap_or(-1);
+        let end = at.saturating_add(len).min(buf.len());
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            let data = at.saturating_add(align(header)).min(end);
+            for chunk in buf[data..end].chunks_exact(int) {
+                if let Ok(b) = chunk.try_into() {
+                    fds.push(RawFd::from_ne_bytes(b));
+                }
+            }
+        }
+        at = at.saturating_add(align(len));
+    }
+    fds
 }
 
 /// An `io::Read + io::Write` view of a borrowed descriptor, for libraries
