@@ -73,7 +73,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Fatal
         relay_timeout: Some(Duration::from_secs(1200)),
         proxy: proxy::Config::default(),
         smtpd: Vec::new(),
-        handover: std::env::var_os(chainmail_ucspi_tls::env::HANDOVER_VAR).is_some_and(|v| v == "1"),
+        handover: chainmail_ucspi_tls::env::handover_offered(),
     };
     let mut parser = lexopt::Parser::from_args(args);
     let bad = |e: lexopt::Error| Fatal::BadOption(e.to_string());

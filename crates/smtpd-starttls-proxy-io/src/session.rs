@@ -13,6 +13,7 @@ use chainmail_sys::net;
 use chainmail_sys::poll::{self, Deadline};
 use chainmail_sys::relay::{LegSpec, Outcome, Relay};
 use chainmail_ucspi_tls::SslFds;
+use chainmail_ucspi_tls::control::{self, Command};
 use nix::poll::{PollFd, PollFlags};
 
 use crate::Options;
@@ -25,9 +26,6 @@ pub const PIPE_SIZE: usize = 256 * 1024;
 /// EOF.
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
-
-/// Most connection information accepted from the UCSPI-TLS server.
-const MAX_TLS_INFO: usize = 64 * 1024;
 
 /// The descriptors of a session.
 #[derive(Debug)]
@@ -305,26 +303,22 @@ fn start_tls(
     // TLS is up and the engine relays with the smtpd directly: one process
     // and one copy less per byte.
     let handover = opts.handover;
-    let command = if handover { [chainmail_ucspi_tls::env::HANDOVER_COMMAND] } else { *b"Y" };
-    let info = match fd::write_all(&ctl, &command) {
-        Ok(()) => read_tls_info(&ctl, deadline, handover),
-        Err(_) => Vec::new(),
-    };
-    if info.is_empty() {
-        p.tls_failed();
-        if opts.verbosity >= 2 {
-            diag::info(format_args!("TLS handshake failed{}", remote()));
+    let command = if handover { Command::TlsWithHandover } else { Command::TlsWithInfo };
+    let info = match control::request_tls(&ctl, command, deadline) {
+        Ok(Some(info)) => info,
+        Ok(None) | Err(_) => {
+            p.tls_failed();
+            if opts.verbosity >= 2 {
+                diag::info(format_args!("TLS handshake failed{}", remote()));
+            }
+            return Ok(Ended::Proxy(End::TlsFailed));
         }
-        return Ok(Ended::Proxy(End::TlsFailed));
-    }
+    };
     p.tls_started();
     if opts.verbosity >= 2 {
-        let fields: Vec<String> = info
-            .split(|&b| b == 0)
-            .filter(|f| f.starts_with(b"SSL_PROTOCOL=") || f.starts_with(b"SSL_CIPHER="))
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect();
-        diag::info(format_args!("TLS started: {}{}", fields.join(" "), remote()));
+        let protocol = info.protocol.as_deref().unwrap_or("?");
+        let cipher = info.cipher.as_deref().unwrap_or("?");
+        diag::info(format_args!("TLS started: SSL_PROTOCOL={protocol} SSL_CIPHER={cipher}{}", remote()));
     }
     debug_assert_eq!(p.status(), Status::Relay(Transport::Tls));
     let parts = p.into_relay();
@@ -363,35 +357,5 @@ fn hand_over(
         fd::set_nonblocking(smtpd_in, false)?;
         fd::write_all(smtpd_in, &parts.to_server)?;
     }
-    let idle_ms = opts.relay_timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let message = chainmail_ucspi_tls::env::encode_handover(idle_ms, &parts.to_client);
-    fd::send_with_fds(ctl, &message, &[smtpd_in.as_fd(), smtpd_out.as_fd()])
-}
-
-/// Reads the connection information the UCSPI-TLS server sends after the
-/// handshake: up to its EOF, or, for a handover, up to the two NULs that
-/// end it (the engine keeps the socket open for the handover message).
-/// Empty means the handshake failed.
-fn read_tls_info(ctl: &OwnedFd, deadline: Deadline, handover: bool) -> Vec<u8> {
-    let mut info = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match wait_for(ctl, PollFlags::POLLIN, deadline) {
-            Ok(true) => {}
-            _ => return Vec::new(),
-        }
-        match fd::read(ctl, &mut buf) {
-            Ok(0) => return info,
-            Ok(n) => {
-                if info.len() < MAX_TLS_INFO {
-                    info.extend_from_slice(&buf[..n.min(MAX_TLS_INFO - info.len())]);
-                }
-                if handover && info.ends_with(b"\0\0") {
-                    return info;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return info,
-        }
-    }
+    control::send_handover(ctl, opts.relay_timeout, &parts.to_client, smtpd_in.as_fd(), smtpd_out.as_fd())
 }

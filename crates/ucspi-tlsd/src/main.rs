@@ -4,7 +4,7 @@
 //! network on fds 0 and 1. It forks: the parent execs prog with
 //! `SSLCTLFD`, `SSLREADFD` and `SSLWRITEFD` in its environment; the child
 //! is the TLS engine, which loads the key material, drops privileges and
-//! waits for prog to write `y` or `Y` on the control socket. See
+//! waits for prog to write `y`, `Y` or `H` on the control socket. See
 //! `doc/ucspi-tlsd.md`.
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use chainmail_sys::process::{self, EnvChanges, Forked, PrivError};
 use chainmail_sys::{Deadline, diag, fd, net};
 use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
+use chainmail_ucspi_tls::control::{self, Command, ControlError, EngineControl};
 use chainmail_ucspi_tls::env;
 use thiserror::Error;
 
@@ -31,8 +32,8 @@ enum Error {
     Usage(String),
     #[error("file descriptors 0 and 1 must be open (the network connection)")]
     NoNetwork,
-    #[error("invalid control byte {0:#04x} (expected y or Y)")]
-    ControlByte(u8),
+    #[error("{0}")]
+    Control(#[from] ControlError),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("unable to set up the TLS engine: {0}")]
@@ -57,13 +58,13 @@ impl Error {
     /// The exit status: the one place where errors become numbers.
     fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::NoNetwork | Error::ControlByte(_) => 100,
+            Error::Usage(_) | Error::NoNetwork | Error::Control(ControlError::UnknownCommand(_)) => 100,
             Error::Config(e) if e.is_engine_setup() => 97,
             Error::Config(_) => 96,
             Error::Setup(_) => 97,
             Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => 98,
             Error::Tls(e) if e.is_tls() => 98,
-            Error::Tls(_) | Error::Privileges(_) | Error::Sys { .. } | Error::Exec { .. } => 111,
+            Error::Tls(_) | Error::Control(_) | Error::Privileges(_) | Error::Sys { .. } | Error::Exec { .. } => 111,
         }
     }
 }
@@ -134,7 +135,7 @@ fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Re
         fd::set_cloexec(fd, false).map_err(sys("clear close-on-exec"))?;
         changes.set(name, fd.as_raw_fd().to_string());
     }
-    // This engine takes handovers (`H`, see chainmail_ucspi_tls::env).
+    // This engine takes handovers (`H`, see chainmail_ucspi_tls::control).
     changes.set(env::HANDOVER_VAR, "1");
     let source = process::exec(&config.prog, &changes);
     Err(Error::Exec { prog: config.prog[0].to_string_lossy().into_owned(), source })
@@ -152,24 +153,9 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
 
     // The control socket: its other end lives as long as prog (or until
     // prog closes it), so this blocking read is bounded by prog's life.
-    let mut byte = [0u8; 1];
-    if fd::read(&ctl, &mut byte).map_err(sys("read from the control socket"))? == 0 {
+    let Some(control) = EngineControl::read_command(ctl)? else {
         notice(format_args!("application declined TLS"));
         return Ok(());
-    }
-    // `Y` and `H` want the connection information back; `H` then hands
-    // descriptors over on the same socket, so it stays open for reading.
-    let (ctl, handover) = match byte[0] {
-        b'y' => {
-            drop(ctl);
-            (None, false)
-        }
-        b'Y' => {
-            net::shutdown_read(&ctl).map_err(sys("shut down the control socket"))?;
-            (Some(ctl), false)
-        }
-        env::HANDOVER_COMMAND => (Some(ctl), true),
-        other => return Err(Error::ControlByte(other)),
     };
 
     // prog no longer uses the network: it is ours, and non-blocking.
@@ -180,6 +166,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     }
     net::set_nodelay(&net_w);
 
+    let control_command = control.command();
     let mut engine = Engine::new(server_config, config.policy).map_err(Error::Setup)?;
     let mut session = Session::new(net_r, net_w, app_r, app_w);
     let deadline = Deadline::after_millis_or_never(config.handshake_timeout_ms);
@@ -202,22 +189,15 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         notice(format_args!("TLS handshake done: {protocol} {cipher} sni={sni}"));
     }
     let mut idle = None;
-    if let Some(ctl) = ctl {
-        fd::write_all(&ctl, &info.encode()).map_err(sys("write to the control socket"))?;
-        if handover {
-            match receive_handover(&ctl) {
-                Some((idle_ms, to_client, app_r, app_w)) => {
-                    // From here on the engine relays with what is behind the
-                    // new descriptors (the smtpd) and the proxy is gone.
-                    session.replace_app(app_r, app_w).map_err(sys("take the handed-over descriptors"))?;
-                    engine.queue_app_data(&to_client);
-                    idle = (idle_ms > 0).then(|| std::time::Duration::from_millis(idle_ms));
-                    notice(format_args!("the application handed its descriptors over"));
-                }
-                None => notice(format_args!("no handover: relaying through SSLREADFD and SSLWRITEFD")),
-            }
-        }
-        drop(ctl);
+    if let Some(handover) = control.finish(&info.record(), control::HANDOVER_WAIT)? {
+        // From here on the engine relays with what is behind the new
+        // descriptors (the smtpd) and the proxy is gone.
+        session.replace_app(handover.from_app, handover.to_app).map_err(sys("take the handed-over descriptors"))?;
+        engine.queue_app_data(&handover.to_client);
+        idle = handover.idle;
+        notice(format_args!("the application handed its descriptors over"));
+    } else if control_command == Command::TlsWithHandover {
+        notice(format_args!("no handover: relaying through SSLREADFD and SSLWRITEFD"));
     }
 
     session.resume_app();
@@ -249,21 +229,4 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     }
     session.drain();
     Ok(())
-}
-
-/// The handover message after `H` (chainmail_ucspi_tls::env): the relay's idle
-/// timeout, the bytes for the client, and two descriptors (where the
-/// client's plaintext goes, where plaintext for the client comes from).
-/// `None` when the application closes the socket without one, or does not
-/// send it within 10 seconds: the ordinary relay goes on.
-fn receive_handover(ctl: &OwnedFd) -> Option<(u64, Vec<u8>, OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
-    use nix::sys::time::{TimeVal, TimeValLike};
-    setsockopt(ctl, ReceiveTimeout, &TimeVal::seconds(10)).ok()?;
-    let (message, mut fds) = fd::recv_with_fds(ctl, 1 << 20, 2).ok()?;
-    let (idle_ms, to_client) = env::decode_handover(&message)?;
-    let to_client = to_client.to_vec();
-    let from_app = fds.pop()?;
-    let to_app = fds.pop()?;
-    Some((idle_ms, to_client, from_app, to_app))
 }
