@@ -307,7 +307,11 @@ mod tests {
 
     /// Runs the engine side in a thread: reads the command, "handshakes",
     /// finishes with `record()`.
-    fn engine(ctl: OwnedFd) -> std::thread::JoinHandle<Result<Option<(Command, Option<Handover>)>, String>> {
+    /// What the engine side saw: `None` if declined, else the command and
+    /// the handover, if any.
+    type EngineSaw = Result<Option<(Command, Option<Handover>)>, String>;
+
+    fn engine(ctl: OwnedFd) -> std::thread::JoinHandle<EngineSaw> {
         std::thread::spawn(move || {
             let Some(control) = EngineControl::read_command(ctl).map_err(|e| e.to_string())? else {
                 return Ok(None);
