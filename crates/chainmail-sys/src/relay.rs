@@ -32,7 +32,7 @@ const STEPS_PER_WAKEUP: usize = 8;
 /// back.
 pub const TRIM_AFTER: Duration = Duration::from_secs(1);
 
-/// One direction of a relay, as given to [`Relay::new`].
+/// One direction of a relay, as given to [`ByteRelay::new`].
 #[derive(Debug)]
 pub struct LegSpec {
     /// Where bytes come from.
@@ -73,7 +73,7 @@ struct Leg {
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RelayEnd {
     /// Both directions reached EOF (or their peer went away).
     Finished,
     /// No byte moved in either direction for the idle time.
@@ -82,16 +82,16 @@ pub enum Outcome {
 
 /// Bytes moved, per direction, as `[forward, backward]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
+pub struct RelayReport {
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: RelayEnd,
     /// Bytes moved forward then backward.
     pub moved: [u64; 2],
 }
 
 /// A two-way relay between two endpoints.
 #[derive(Debug)]
-pub struct Relay {
+pub struct ByteRelay {
     legs: [Leg; 2],
     idle: Option<Duration>,
     linger: Duration,
@@ -301,22 +301,22 @@ impl Leg {
     }
 }
 
-impl Relay {
+impl ByteRelay {
     /// A relay moving bytes along `forward` and `backward` at once. Every
     /// descriptor is made non-blocking.
-    pub fn new(forward: LegSpec, backward: LegSpec) -> io::Result<Relay> {
-        Ok(Relay { legs: [Leg::new(forward)?, Leg::new(backward)?], idle: None, linger: Duration::from_secs(10) })
+    pub fn new(forward: LegSpec, backward: LegSpec) -> io::Result<ByteRelay> {
+        Ok(ByteRelay { legs: [Leg::new(forward)?, Leg::new(backward)?], idle: None, linger: Duration::from_secs(10) })
     }
 
     /// Gives up when no byte moves in either direction for `idle`.
-    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Relay {
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> ByteRelay {
         self.idle = idle.filter(|d| !d.is_zero());
         self
     }
 
     /// How long a direction whose destination is gone keeps draining its
     /// source after the other direction has finished (default 10 s).
-    pub fn linger(mut self, linger: Duration) -> Relay {
+    pub fn linger(mut self, linger: Duration) -> ByteRelay {
         self.linger = linger;
         self
     }
@@ -326,14 +326,14 @@ impl Relay {
     /// After [`TRIM_AFTER`] without a byte moving, the process gives its
     /// code pages back ([`crate::process::release_clean_file_pages`]),
     /// once per idle period.
-    pub fn run(mut self) -> io::Result<Report> {
+    pub fn run(mut self) -> io::Result<RelayReport> {
         let mut last_progress = Instant::now();
         let mut linger_deadline = Deadline::NEVER;
         let mut trimmed = false;
         loop {
             let live = self.legs.iter().filter(|l| l.state != State::Done).count();
             if live == 0 {
-                return Ok(self.report(Outcome::Finished));
+                return Ok(self.report(RelayEnd::Finished));
             }
             // A direction that only discards keeps the relay alive for the
             // linger time once nothing else is left to do.
@@ -343,7 +343,7 @@ impl Relay {
                     linger_deadline = Deadline::after(self.linger);
                 }
                 if linger_deadline.expired() {
-                    return Ok(self.report(Outcome::Finished));
+                    return Ok(self.report(RelayEnd::Finished));
                 }
             }
             let idle_deadline = match self.idle {
@@ -351,7 +351,7 @@ impl Relay {
                 None => Deadline::NEVER,
             };
             if idle_deadline.expired() {
-                return Ok(self.report(Outcome::IdleTimeout));
+                return Ok(self.report(RelayEnd::IdleTimeout));
             }
             let trim_deadline = if trimmed { Deadline::NEVER } else { Deadline::at(last_progress + TRIM_AFTER) };
             if trim_deadline.expired() {
@@ -392,7 +392,7 @@ impl Relay {
             }
             if pfds.is_empty() {
                 // Nothing can make progress (should not happen): stop.
-                return Ok(self.report(Outcome::Finished));
+                return Ok(self.report(RelayEnd::Finished));
             }
             let n = poll::wait(&mut pfds, deadline)?;
             if n == 0 {
@@ -429,8 +429,8 @@ impl Relay {
         }
     }
 
-    fn report(&self, outcome: Outcome) -> Report {
-        Report { outcome, moved: [self.legs[0].moved, self.legs[1].moved] }
+    fn report(&self, outcome: RelayEnd) -> RelayReport {
+        RelayReport { outcome, moved: [self.legs[0].moved, self.legs[1].moved] }
     }
 }
 
@@ -469,7 +469,7 @@ mod tests {
         let (to_app_r, to_app_w) = fd::pipe().expect("pipe");
         let (from_app_r, from_app_w) = fd::pipe().expect("pipe");
 
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec { src: net_ours, dst: to_app_w, leftover: b"LEFT-FWD ".to_vec() },
             LegSpec { src: from_app_r, dst: net_ours_w, leftover: b"LEFT-BACK ".to_vec() },
         )
@@ -491,7 +491,7 @@ mod tests {
         let got_app = app.join().expect("app");
         let got_peer = peer.join().expect("peer");
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         let mut want = b"LEFT-FWD ".to_vec();
         want.extend_from_slice(&big);
         assert_eq!(got_app, want);
@@ -508,7 +508,7 @@ mod tests {
         let (c_r, c_w) = fd::pipe().expect("pipe");
         let (d_r, d_w) = fd::pipe().expect("pipe");
         // forward: a_r -> b_w ; backward: c_r -> d_w
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
             LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
         )
@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(got, b"bye");
         let start = Instant::now();
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(a_w);
     }
@@ -535,7 +535,7 @@ mod tests {
         let (c_r, _c_w) = fd::pipe().expect("pipe");
         let (_d_r, d_w) = fd::pipe().expect("pipe");
         let start = Instant::now();
-        let report = Relay::new(
+        let report = ByteRelay::new(
             LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
             LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
         )
@@ -543,7 +543,7 @@ mod tests {
         .idle_timeout(Some(Duration::from_millis(100)))
         .run()
         .expect("run");
-        assert_eq!(report.outcome, Outcome::IdleTimeout);
+        assert_eq!(report.outcome, RelayEnd::IdleTimeout);
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
     }

@@ -11,7 +11,7 @@ use chainmail_sys::diag;
 use chainmail_sys::fd;
 use chainmail_sys::net;
 use chainmail_sys::poll::{self, Deadline};
-use chainmail_sys::relay::{LegSpec, Outcome, Relay};
+use chainmail_sys::relay::{ByteRelay, LegSpec, RelayEnd};
 use chainmail_ucspi_tls::SslFds;
 use chainmail_ucspi_tls::control::{self, Command};
 use nix::poll::{PollFd, PollFlags};
@@ -144,7 +144,7 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
                 // engine exits now instead of waiting for the session end.
                 drop(ssl);
                 let parts = p.into_relay();
-                let relay = Relay::new(
+                let relay = ByteRelay::new(
                     LegSpec { src: net_in, dst: smtpd_in, leftover: parts.to_server },
                     LegSpec { src: smtpd_out, dst: net_out, leftover: parts.to_client },
                 )?
@@ -221,10 +221,10 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
     }
 }
 
-fn relay_outcome(outcome: Outcome) -> Ended {
-    match outcome {
-        Outcome::Finished => Ended::Relayed,
-        Outcome::IdleTimeout => Ended::RelayIdle,
+fn relay_outcome(end: RelayEnd) -> Ended {
+    match end {
+        RelayEnd::Finished => Ended::Relayed,
+        RelayEnd::IdleTimeout => Ended::RelayIdle,
     }
 }
 
@@ -335,7 +335,7 @@ fn start_tls(
         }
     }
     drop(ctl);
-    let relay = Relay::new(
+    let relay = ByteRelay::new(
         LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
         LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },
     )?
