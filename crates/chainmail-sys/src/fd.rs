@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::stat::{SFlag, fstat};
@@ -21,35 +22,132 @@ pub fn is_open(n: RawFd) -> bool {
     r != -1
 }
 
+/// How many descriptor numbers (from 0) the inherited set covers. An
+/// inherited descriptor above is never adopted: UCSPI programs get small
+/// numbers.
+pub const INHERITED_LIMIT: usize = 1024;
+
+/// One bit per descriptor number below [`INHERITED_LIMIT`]: set while the
+/// number names a descriptor nothing in this process owns. Filled with the
+/// descriptors open when the process started (before `main`, before the
+/// standard library or anything else could open one), cleared when
+/// [`adopt`] gives one an owner, set again by [`dup_onto`].
+static UNOWNED: [AtomicU64; INHERITED_LIMIT / 64] = [const { AtomicU64::new(0) }; INHERITED_LIMIT / 64];
+
+/// Runs from `.init_array`, before `main` and before the standard
+/// library's start-up code (which opens `/dev/null` on a closed 0, 1 or 2:
+/// such a descriptor is the library's, not inherited).
+extern "C" fn record_inherited() {
+    // One poll(2) with no events: the kernel flags every closed number
+    // with POLLNVAL. A smaller table if the descriptor limit is lower.
+    let mut table = [libc::pollfd { fd: 0, events: 0, revents: 0 }; INHERITED_LIMIT];
+    for (n, p) in table.iter_mut().enumerate() {
+        p.fd = n as RawFd;
+    }
+    for len in [INHERITED_LIMIT, 256, 64] {
+        // SAFETY: poll reads and writes `len` entries of `table`, which has
+        // at least that many; a timeout of 0 returns at once.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::poll(table.as_mut_ptr(), len as libc::nfds_t, 0) };
+        if r >= 0 {
+            for (n, p) in table[..len].iter().enumerate() {
+                if p.revents & libc::POLLNVAL == 0 {
+                    UNOWNED[n / 64].fetch_or(1 << (n % 64), Ordering::SeqCst);
+                }
+            }
+            return;
+        }
+    }
+}
+
+#[used]
+#[allow(unsafe_code)]
+// SAFETY: the function takes no arguments, touches only its stack and the
+// atomics above, and is what `.init_array` entries are for.
+#[unsafe(link_section = ".init_array")]
+static RECORD_INHERITED: extern "C" fn() = record_inherited;
+
+/// Marks `n` as owned; returns whether it was unowned.
+fn claim(n: RawFd) -> bool {
+    let Ok(i) = usize::try_from(n) else { return false };
+    if i >= INHERITED_LIMIT {
+        return false;
+    }
+    let bit = 1u64 << (i % 64);
+    UNOWNED[i / 64].fetch_and(!bit, Ordering::SeqCst) & bit != 0
+}
+
+/// Marks `n` as unowned again (after a `dup2` onto it).
+fn release(n: RawFd) {
+    if let Ok(i) = usize::try_from(n) {
+        if i < INHERITED_LIMIT {
+            UNOWNED[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether `n` names an open descriptor that nothing in this process owns:
+/// one inherited at start-up (or put there by [`dup_onto`]) and not
+/// adopted yet. Unlike [`is_open`], false for a 0, 1 or 2 that the
+/// standard library opened on `/dev/null` because the process started
+/// without it.
+pub fn is_inherited(n: RawFd) -> bool {
+    let Ok(i) = usize::try_from(n) else { return false };
+    i < INHERITED_LIMIT && UNOWNED[i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) != 0 && is_open(n)
+}
+
 /// Takes ownership of an inherited descriptor number.
 ///
-/// Fails with `EBADF` when `n` is not open. The caller must not adopt the
-/// same number twice, nor adopt a number that something else in the
-/// process owns; binaries call this once per number at start-up, for the
-/// numbers their interface says they inherit (0, 1, and the `SSL*FD`s).
+/// Sound by construction: only a number that was open when the process
+/// started (or that [`dup_onto`] filled) and that nothing adopted yet is
+/// taken, at most once; a second `adopt` of the same number, or of a
+/// number the process opened itself, fails with `EBUSY`, and a closed
+/// number with `EBADF`.
 pub fn adopt(n: RawFd) -> io::Result<OwnedFd> {
     if !is_open(n) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: `n` is open (checked above) and, by the contract documented
-    // on this function, owned by nothing else in the process.
+    if !claim(n) {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("descriptor {n} is not an inherited descriptor free to take over"),
+        ));
+    }
+    // SAFETY: `n` is open and was unowned (the claim above succeeded, and
+    // a claim succeeds once): nothing else in the process owns it.
     #[allow(unsafe_code)]
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Makes `fd` also available as descriptor number `target` (dup2), without
 /// the close-on-exec flag, so that an exec'd program finds it there.
-/// Whatever `target` named before is closed by the kernel; if `target` was
-/// an [`OwnedFd`] somewhere in this process, the caller must `forget` it.
+///
+/// `dup2` closes what `target` named before, so `target` must be an
+/// inherited descriptor that nothing adopted (0 and 1 before an exec, in a
+/// process that never took them over); anything else is refused with
+/// `EBUSY`, so that no owner is left holding a replaced number. (A closed
+/// target is refused too: another thread could open it between a check
+/// and the `dup2`.) The new descriptor at `target` is unowned again:
+/// [`adopt`] may take it.
 pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     if fd.as_raw_fd() == target {
         return set_cloexec(&fd, false);
     }
-    // SAFETY: dup2 does not touch memory; closing `target` is the stated
-    // purpose of this function.
+    if !is_open(target) || !claim(target) {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("descriptor {target} is not an inherited descriptor free to replace"),
+        ));
+    }
+    // SAFETY: dup2 does not touch memory; `target` was open and unowned
+    // (claimed above, and an open number cannot be handed out again), so
+    // no owner is left with a replaced number.
     #[allow(unsafe_code)]
     let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    let result = if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    // Either way `target` is open and owned by nothing.
+    release(target);
+    result
 }
 
 /// Sets or clears `FD_CLOEXEC`.
@@ -341,6 +439,30 @@ mod tests {
         drop(r);
         assert!(!is_open(n));
         assert!(adopt(n).is_err());
+    }
+
+    /// `adopt` and `dup_onto` were safe functions whose soundness was the
+    /// caller's duty: a second owner of one number closes it twice.
+    #[test]
+    fn no_second_owner() {
+        let (r, w) = pipe().expect("pipe");
+        let got = adopt(r.as_raw_fd());
+        let refused = got.is_err();
+        if let Ok(second) = got {
+            // Old code: do not let the second owner close it.
+            std::mem::forget(second);
+        }
+        assert!(refused, "adopted a descriptor this process owns");
+        assert!(!is_inherited(r.as_raw_fd()));
+        // dup2 onto an owned descriptor would close it under its owner.
+        let (r2, _w2) = pipe().expect("pipe");
+        assert!(dup_onto(w.as_fd(), r2.as_raw_fd()).is_err());
+        assert_eq!(kind(&r2).expect("still a pipe"), Kind::Pipe);
+        // Nor onto a closed number (another thread may open it meanwhile).
+        let n = r2.as_raw_fd();
+        drop(r2);
+        assert!(dup_onto(w.as_fd(), n).is_err());
+        drop(r);
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub enum EnvError {
         /// What it contained.
         value: String,
     },
+    /// The number is 0, 1 or 2: those are the network's (or the standard
+    /// error's), and two owners would close the same descriptor.
+    #[error("{name}={fd} names a standard descriptor (0, 1 or 2), which the UCSPI-TLS descriptors may not be")]
+    Standard {
+        /// The variable.
+        name: &'static str,
+        /// The number.
+        fd: RawFd,
+    },
     /// The number does not name an open descriptor.
     #[error("{name}={fd} does not name an open file descriptor")]
     NotOpen {
@@ -90,8 +99,15 @@ impl SslFds {
     /// The contract allows the read and write descriptors to be the same
     /// number (a socket); the second one is then a duplicate, so that each
     /// can be closed on its own. The same holds for the control socket.
+    /// The numbers 0, 1 and 2 are refused: the network is on 0 and 1, and
+    /// the program takes those over itself.
     pub fn from_env() -> Result<SslFds, EnvError> {
         let numbers = [fd_var(SSLCTLFD)?, fd_var(SSLREADFD)?, fd_var(SSLWRITEFD)?];
+        for (name, &n) in UCSPI_TLS_VARS.iter().zip(numbers.iter()) {
+            if n <= 2 {
+                return Err(EnvError::Standard { name, fd: n });
+            }
+        }
         for (name, &n) in UCSPI_TLS_VARS.iter().zip(numbers.iter()) {
             if !fd::is_open(n) {
                 return Err(EnvError::NotOpen { name, fd: n });

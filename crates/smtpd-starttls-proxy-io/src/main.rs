@@ -108,7 +108,7 @@ fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> Fatal {
 fn run() -> Result<u8, Fatal> {
     let opts = parse_args(std::env::args_os().skip(1))?;
     let ssl = SslFds::from_env()?;
-    if !fd::is_open(0) || !fd::is_open(1) {
+    if !fd::is_inherited(0) || !fd::is_inherited(1) {
         return Err(Fatal::Sys {
             what: "find the network connection on fds 0 and 1",
             source: std::io::Error::from_raw_os_error(nix::libc::EBADF),

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use chainmail_sys::process::{self, EnvChanges, Forked, PrivError};
+use chainmail_sys::process::{self, EnvChanges, Forked, PrivError, TlsIds};
 use chainmail_sys::{Deadline, diag, fd, net};
 use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
 use chainmail_ucspi_tls::control::{self, Command, ControlError, EngineControl};
@@ -59,6 +59,7 @@ impl Error {
     fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::NoNetwork | Error::Control(ControlError::UnknownCommand(_)) => 100,
+            Error::Privileges(e) if e.is_config() => 100,
             Error::Config(e) if e.is_engine_setup() => 97,
             Error::Config(_) => 96,
             Error::Setup(_) => 97,
@@ -103,9 +104,11 @@ fn main() {
 /// Checks, forks, and becomes either prog (no return on success) or the
 /// TLS engine (returns when the session is over).
 fn run(config: &Config) -> Result<(), Error> {
-    if !fd::is_open(0) || !fd::is_open(1) {
+    if !fd::is_inherited(0) || !fd::is_inherited(1) {
         return Err(Error::NoNetwork);
     }
+    // A half-configured drop stops everything before the first session.
+    let tls_ids = TlsIds::from_env()?;
     let tls_env = TlsEnv::from_env();
     tls_env.check(config.sni, config.client_auth)?;
 
@@ -121,7 +124,7 @@ fn run(config: &Config) -> Result<(), Error> {
         }
         Forked::Child => {
             drop((to_app_r, from_app_w, ctl_app));
-            engine(config, &tls_env, ctl_engine, from_app_r, to_app_w)
+            engine(config, &tls_env, tls_ids, ctl_engine, from_app_r, to_app_w)
         }
     }
 }
@@ -142,14 +145,24 @@ fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Re
 }
 
 /// The TLS engine: the child of prog.
-fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w: OwnedFd) -> Result<(), Error> {
+fn engine(
+    config: &Config,
+    tls_env: &TlsEnv,
+    tls_ids: Option<TlsIds>,
+    ctl: OwnedFd,
+    app_r: OwnedFd,
+    app_w: OwnedFd,
+) -> Result<(), Error> {
     let notice = |args: std::fmt::Arguments<'_>| {
         if config.verbosity >= 2 {
             diag::info(args);
         }
     };
     let server_config = tls_env.server_config(config.sni, config.client_auth)?;
-    process::drop_to_tls_ids()?;
+    // The keys are loaded: nothing more needs root.
+    if let Some(ids) = tls_ids {
+        ids.drop_privileges()?;
+    }
 
     // The control socket: its other end lives as long as prog (or until
     // prog closes it), so this blocking read is bounded by prog's life.
