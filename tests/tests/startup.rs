@@ -33,3 +33,28 @@ fn standard_descriptors_are_not_ucspi_tls_descriptors() {
         assert_refused(&out, "smtpd-starttls-proxy-io", &["standard descriptor"]);
     }
 }
+
+/// `-T 18446744073709551615` killed every plaintext session with an
+/// arithmetic overflow; every timeout option now refuses absurd values.
+#[test]
+fn absurd_timeouts_are_usage_errors() {
+    const HUGE: &str = "18446744073709551615";
+    for opt in ["-t", "-T"] {
+        let out = start("smtpd-starttls-proxy-io", &[opt, HUGE, "true"], &[]);
+        assert_refused(&out, "smtpd-starttls-proxy-io", &["timeout", "smtpd-starttls-proxy-io: usage: "]);
+    }
+    let out = start("ucspi-tlsd", &["-K", HUGE, "true"], &[]);
+    assert_refused(&out, "ucspi-tlsd", &["handshake timeout", "ucspi-tlsd: usage: "]);
+}
+
+#[test]
+fn an_absurd_relay_timeout_never_reaches_a_session() {
+    let dir = chainmail_tests::TestDir::new("huge_relay_timeout");
+    let server = chainmail_tests::Chain::new(&dir).proxy_args(["-T", "18446744073709551615"]).start();
+    let mut c = server.connect();
+    c.expect_closed(secs(20));
+    server.wait_sessions_gone(secs(20));
+    let err = server.stderr();
+    assert!(err.contains("smtpd-starttls-proxy-io: fatal: invalid relay timeout"), "{err}");
+    assert!(!err.contains("overflow") && !err.contains("internal error"), "{err}");
+}

@@ -12,6 +12,7 @@
 //! nix does not wrap ([`net::quickack`]).
 //! Every other crate has `#![forbid(unsafe_code)]`.
 
+pub mod cli;
 pub mod diag;
 pub mod fd;
 pub mod net;

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollTimeout};
 
 /// A point in time after which an operation gives up, or never.
+///
+/// No constructor panics: a deadline further away than `Instant` can
+/// represent (a huge timeout) is a deadline that never passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(Option<Instant>);
 
@@ -16,6 +19,11 @@ impl Deadline {
     /// A deadline `d` from now.
     pub fn after(d: Duration) -> Deadline {
         Deadline(Instant::now().checked_add(d))
+    }
+
+    /// A deadline `d` after `start` (never, when that overflows).
+    pub fn after_from(start: Instant, d: Duration) -> Deadline {
+        Deadline(start.checked_add(d))
     }
 
     /// A deadline at `t`.
@@ -89,6 +97,13 @@ mod tests {
         assert!(soon.remaining().is_some_and(|d| d <= Duration::from_millis(5)));
         assert_eq!(soon.min(Deadline::NEVER), soon);
         assert_eq!(Deadline::NEVER.min(soon), soon);
+        // Huge timeouts saturate to never instead of overflowing.
+        assert_eq!(Deadline::after(Duration::MAX), Deadline::NEVER);
+        assert_eq!(Deadline::after_from(Instant::now(), Duration::from_secs(u64::MAX)), Deadline::NEVER);
+        assert_eq!(
+            Deadline::after_millis_or_never(u64::MAX).remaining().map(|d| d > Duration::from_secs(1)),
+            Some(true)
+        );
         let past = Deadline::after(Duration::ZERO);
         assert!(past.expired());
         assert_eq!(soon.min(past), past);

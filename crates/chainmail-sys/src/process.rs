@@ -8,6 +8,8 @@ use std::process::Command;
 use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
+use crate::cli::{SysError, sys};
+
 /// Which side of a `fork` we are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {
@@ -133,20 +135,15 @@ pub enum PrivError {
         missing: &'static str,
     },
     /// A system call failed.
-    #[error("unable to {what}: {source}")]
-    Sys {
-        /// What we tried.
-        what: &'static str,
-        /// The cause.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Sys(#[from] SysError),
 }
 
 impl PrivError {
     /// Whether the configuration is wrong (exit 100), as opposed to a
     /// system call that failed (111).
     pub fn is_config(&self) -> bool {
-        !matches!(self, PrivError::Sys { .. })
+        !matches!(self, PrivError::Sys(_))
     }
 }
 
@@ -196,13 +193,13 @@ impl TlsIds {
         if !Uid::effective().is_root() {
             return Ok(());
         }
-        let sys = |what| move |e: nix::Error| PrivError::Sys { what, source: io::Error::from_raw_os_error(e as i32) };
-        nix::unistd::setgroups(&[self.gid]).map_err(sys("set the supplementary groups"))?;
-        nix::unistd::setgid(self.gid).map_err(sys("setgid"))?;
-        nix::unistd::setuid(self.uid).map_err(sys("setuid"))?;
+        let failed = |what| move |e: nix::Error| PrivError::from(sys(what)(io::Error::from_raw_os_error(e as i32)));
+        nix::unistd::setgroups(&[self.gid]).map_err(failed("set the supplementary groups"))?;
+        nix::unistd::setgid(self.gid).map_err(failed("setgid"))?;
+        nix::unistd::setuid(self.uid).map_err(failed("setuid"))?;
         // A drop that left a way back, or an id behind, would be worse
         // than failing: check that it is complete.
-        let groups = nix::unistd::getgroups().map_err(sys("read the supplementary groups"))?;
+        let groups = nix::unistd::getgroups().map_err(failed("read the supplementary groups"))?;
         let complete = Uid::current() == self.uid
             && Uid::effective() == self.uid
             && Gid::current() == self.gid
@@ -210,10 +207,7 @@ impl TlsIds {
             && groups.iter().all(|&g| g == self.gid)
             && (self.uid.is_root() || nix::unistd::setuid(Uid::from_raw(0)).is_err());
         if !complete {
-            return Err(PrivError::Sys {
-                what: "drop root privileges",
-                source: io::Error::from_raw_os_error(libc::EPERM),
-            });
+            return Err(sys("drop root privileges")(io::Error::from_raw_os_error(libc::EPERM)).into());
         }
         Ok(())
     }

@@ -347,13 +347,13 @@ impl ByteRelay {
                 }
             }
             let idle_deadline = match self.idle {
-                Some(d) => Deadline::at(last_progress + d),
+                Some(d) => Deadline::after_from(last_progress, d),
                 None => Deadline::NEVER,
             };
             if idle_deadline.expired() {
                 return Ok(self.report(RelayEnd::IdleTimeout));
             }
-            let trim_deadline = if trimmed { Deadline::NEVER } else { Deadline::at(last_progress + TRIM_AFTER) };
+            let trim_deadline = if trimmed { Deadline::NEVER } else { Deadline::after_from(last_progress, TRIM_AFTER) };
             if trim_deadline.expired() {
                 let _ = crate::process::release_clean_file_pages();
                 trimmed = true;
@@ -546,5 +546,25 @@ mod tests {
         assert_eq!(report.outcome, RelayEnd::IdleTimeout);
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
+    }
+
+    /// `smtpd-starttls-proxy-io -T 18446744073709551615` panicked here
+    /// (`Instant + Duration` overflow) in every plaintext session.
+    #[test]
+    fn a_huge_idle_timeout_is_no_timeout() {
+        let (a_r, a_w) = fd::pipe().expect("pipe");
+        let (_b_r, b_w) = fd::pipe().expect("pipe");
+        let (c_r, c_w) = fd::pipe().expect("pipe");
+        let (_d_r, d_w) = fd::pipe().expect("pipe");
+        drop((a_w, c_w));
+        let report = ByteRelay::new(
+            LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
+            LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
+        )
+        .expect("relay")
+        .idle_timeout(Some(Duration::from_secs(u64::MAX)))
+        .run()
+        .expect("run");
+        assert_eq!(report.outcome, RelayEnd::Finished);
     }
 }

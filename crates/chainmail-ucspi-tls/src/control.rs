@@ -24,6 +24,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use chainmail_sys::cli::{SysError, sys};
 use chainmail_sys::poll::{self, Deadline};
 use chainmail_sys::{fd, net};
 use nix::poll::{PollFd, PollFlags};
@@ -89,17 +90,8 @@ pub enum ControlError {
     #[error("timed out waiting for the TLS engine")]
     Timeout,
     /// A system call failed.
-    #[error("unable to {what}: {source}")]
-    Io {
-        /// What we tried.
-        what: &'static str,
-        /// The cause.
-        source: io::Error,
-    },
-}
-
-fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ControlError {
-    move |source| ControlError::Io { what, source }
+    #[error(transparent)]
+    Sys(#[from] SysError),
 }
 
 /// What an application hands over after `H`: the relay's idle timeout, the
@@ -148,7 +140,7 @@ impl EngineControl {
     /// application's life (the other end closes when it exits).
     pub fn read_command(ctl: OwnedFd) -> Result<Option<EngineControl>, ControlError> {
         let mut byte = [0u8; 1];
-        if fd::read(&ctl, &mut byte).map_err(io_error("read from the control socket"))? == 0 {
+        if fd::read(&ctl, &mut byte).map_err(sys("read from the control socket"))? == 0 {
             return Ok(None);
         }
         let command = Command::from_byte(byte[0]).ok_or(ControlError::UnknownCommand(byte[0]))?;
@@ -157,7 +149,7 @@ impl EngineControl {
             Command::Tls => None,
             // Only the record goes back, and nothing more is read.
             Command::TlsWithInfo => {
-                net::shutdown_read(&ctl).map_err(io_error("shut down the control socket"))?;
+                net::shutdown_read(&ctl).map_err(sys("shut down the control socket"))?;
                 Some(ctl)
             }
             Command::TlsWithHandover => Some(ctl),
@@ -179,7 +171,7 @@ impl EngineControl {
         let Some(ctl) = self.ctl else {
             return Ok(None);
         };
-        fd::write_all(&ctl, &info.encode()).map_err(io_error("write to the control socket"))?;
+        fd::write_all(&ctl, &info.encode()).map_err(sys("write to the control socket"))?;
         if self.command != Command::TlsWithHandover {
             return Ok(None);
         }
@@ -213,7 +205,7 @@ fn receive_handover(ctl: &OwnedFd, wait: Duration) -> Option<Handover> {
 /// done (after `H`, the socket stays open for [`send_handover`]).
 /// [`ControlError::NoRecord`] means the handshake failed.
 pub fn request_tls(ctl: &impl AsFd, command: Command, deadline: Deadline) -> Result<Option<InfoRecord>, ControlError> {
-    fd::write_all(ctl, &[command.byte()]).map_err(io_error("write to the control socket"))?;
+    fd::write_all(ctl, &[command.byte()]).map_err(sys("write to the control socket"))?;
     if !command.wants_info() {
         return Ok(None);
     }
@@ -229,7 +221,7 @@ fn read_record(ctl: BorrowedFd<'_>, deadline: Deadline, until_end_mark: bool) ->
     let mut buf = [0u8; 4096];
     loop {
         let mut pfds = [PollFd::new(ctl, PollFlags::POLLIN)];
-        if poll::wait(&mut pfds, deadline).map_err(io_error("poll"))? == 0 {
+        if poll::wait(&mut pfds, deadline).map_err(sys("poll"))? == 0 {
             return Err(ControlError::Timeout);
         }
         match fd::read(&ctl, &mut buf) {

@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
-use chainmail_sys::diag;
 use chainmail_sys::fd;
 use chainmail_sys::net;
 use chainmail_sys::poll::{self, Deadline};
 use chainmail_sys::relay::{ByteRelay, LegSpec, RelayEnd};
+use chainmail_sys::{cli, diag};
 use chainmail_ucspi_tls::SslFds;
 use chainmail_ucspi_tls::control::{self, Command};
 use nix::poll::{PollFd, PollFlags};
@@ -53,14 +53,21 @@ pub enum Ended {
     Proxy(End),
 }
 
+/// The TLS handshake failed (the engine answered with EOF).
+pub const EXIT_TLS_FAILED: u8 = 1;
+/// A timeout (`-t` or `-T`).
+pub const EXIT_TIMEOUT: u8 = 99;
+/// The smtpd broke the protocol (not a reply, or gone with replies owed).
+pub const EXIT_SMTPD_ERROR: u8 = 101;
+
 impl Ended {
     /// The process exit code.
     pub fn exit_code(self) -> u8 {
         match self {
-            Ended::Relayed | Ended::Proxy(End::Closed | End::ClientGone | End::Injection) => 0,
-            Ended::Proxy(End::TlsFailed) => 1,
-            Ended::RelayIdle | Ended::Proxy(End::Timeout) => 99,
-            Ended::Proxy(End::ServerError) => 101,
+            Ended::Relayed | Ended::Proxy(End::Closed | End::ClientGone | End::Injection) => cli::EXIT_OK,
+            Ended::Proxy(End::TlsFailed) => EXIT_TLS_FAILED,
+            Ended::RelayIdle | Ended::Proxy(End::Timeout) => EXIT_TIMEOUT,
+            Ended::Proxy(End::ServerError) => EXIT_SMTPD_ERROR,
         }
     }
 }

@@ -14,7 +14,9 @@ mod session;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ExitCode;
 
+use chainmail_sys::cli::{self, SysError, sys};
 use chainmail_sys::process::{self, EnvChanges, Forked, PrivError, TlsIds};
 use chainmail_sys::{Deadline, diag, fd, net};
 use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
@@ -40,8 +42,8 @@ enum Error {
     Setup(#[source] chainmail_tls::rustls::Error),
     #[error("unable to drop privileges: {0}")]
     Privileges(#[from] PrivError),
-    #[error("unable to {what}: {source}")]
-    Sys { what: &'static str, source: io::Error },
+    #[error(transparent)]
+    Sys(#[from] SysError),
     #[error("unable to exec {prog}: {source}")]
     Exec { prog: String, source: io::Error },
     #[error("TLS handshake failed: {0}")]
@@ -54,51 +56,46 @@ enum Error {
     FlushTimeout,
 }
 
-impl Error {
+/// A variable the options need is missing, or the key material is
+/// unreadable or invalid (s6-ucspitlsd's code).
+const EXIT_TLS_CONFIG: u8 = 96;
+/// The TLS engine could not be set up from valid material.
+const EXIT_TLS_SETUP: u8 = 97;
+/// The handshake or the session failed at the TLS level.
+const EXIT_TLS_RUNTIME: u8 = 98;
+
+impl cli::Failure for Error {
     /// The exit status: the one place where errors become numbers.
-    fn exit_code(&self) -> i32 {
+    fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::NoNetwork | Error::Control(ControlError::UnknownCommand(_)) => 100,
-            Error::Privileges(e) if e.is_config() => 100,
-            Error::Config(e) if e.is_engine_setup() => 97,
-            Error::Config(_) => 96,
-            Error::Setup(_) => 97,
-            Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => 98,
-            Error::Tls(e) if e.is_tls() => 98,
-            Error::Tls(_) | Error::Control(_) | Error::Privileges(_) | Error::Sys { .. } | Error::Exec { .. } => 111,
+            Error::Usage(_) | Error::NoNetwork | Error::Control(ControlError::UnknownCommand(_)) => cli::EXIT_USAGE,
+            Error::Privileges(e) if e.is_config() => cli::EXIT_USAGE,
+            Error::Config(e) if e.is_engine_setup() => EXIT_TLS_SETUP,
+            Error::Config(_) => EXIT_TLS_CONFIG,
+            Error::Setup(_) => EXIT_TLS_SETUP,
+            Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => EXIT_TLS_RUNTIME,
+            Error::Tls(e) if e.is_tls() => EXIT_TLS_RUNTIME,
+            Error::Tls(_) | Error::Control(_) | Error::Privileges(_) | Error::Sys(_) | Error::Exec { .. } => {
+                cli::EXIT_TEMPORARY
+            }
         }
+    }
+
+    fn usage(&self) -> Option<&'static str> {
+        matches!(self, Error::Usage(_)).then_some(options::USAGE)
     }
 }
 
-fn sys(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Sys { what, source }
-}
-
-fn main() {
+fn main() -> ExitCode {
     diag::set_program("ucspi-tlsd");
     diag::abort_on_panic();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let config = match options::parse(args) {
         Ok(c) => c,
-        Err(reason) => {
-            diag::fatal(format_args!("{reason}"));
-            let _ = io::Write::write_all(
-                &mut io::stderr().lock(),
-                format!("ucspi-tlsd: usage: {}\n", options::USAGE).as_bytes(),
-            );
-            std::process::exit(Error::Usage(reason).exit_code());
-        }
+        Err(reason) => return cli::finish::<Error>(Err(Error::Usage(reason)), false),
     };
-    let code = match run(&config) {
-        Ok(()) => 0,
-        Err(e) => {
-            if config.verbosity >= 1 {
-                diag::fatal(format_args!("{e}"));
-            }
-            e.exit_code()
-        }
-    };
-    std::process::exit(code);
+    // Both processes, prog (if its exec fails) and the engine, end here.
+    cli::finish(run(&config).map(|()| cli::EXIT_OK), config.verbosity == 0)
 }
 
 /// Checks, forks, and becomes either prog (no return on success) or the
@@ -188,7 +185,7 @@ fn engine(
         return Err(match e {
             HandshakeError::Engine(e) => Error::Handshake(e),
             HandshakeError::Timeout => Error::HandshakeTimeout,
-            HandshakeError::Poll(e) => Error::Sys { what: "poll", source: e },
+            HandshakeError::Poll(e) => Error::Sys(SysError { what: "poll", source: e }),
         });
     }
 
@@ -236,7 +233,7 @@ fn engine(
         return Err(match e {
             RelayError::Engine(e) => Error::Tls(e),
             RelayError::FlushTimeout => Error::FlushTimeout,
-            RelayError::Poll(e) => Error::Sys { what: "poll", source: e },
+            RelayError::Poll(e) => Error::Sys(SysError { what: "poll", source: e }),
             RelayError::Idle => unreachable!("handled above"),
         });
     }
