@@ -9,7 +9,7 @@
 //!
 //! This crate owns all of it, without doing any TLS itself:
 //!
-//! * [`env`]: the environment contract ([`SslFds`]), the variables a server
+//! * [`env`](mod@env): the environment contract ([`SslFds`]), the variables a server
 //!   keeps from its application ([`env::is_tls_engine_var`]), and the
 //!   announcement of chainmail's handover ([`env::HANDOVER_VAR`]).
 //! * [`control`]: the commands `y`, `Y` and `H` on the control socket, from
