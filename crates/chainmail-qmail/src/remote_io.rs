@@ -28,10 +28,11 @@ pub const EXIT_NO_STARTTLS: i32 = 11;
 /// TLS was required or tried and failed (STARTTLS refused under
 /// `require`/`verify`, or the handshake or the certificate check failed).
 pub const EXIT_TLS_FAILED: i32 = 12;
-/// Wrong usage.
-pub const EXIT_USAGE: i32 = 100;
-/// A system call failed; a `Z` record was written if possible.
-pub const EXIT_SYSTEM: i32 = 111;
+/// Wrong usage (chainmail's usage code, [`chainmail_sys::cli::EXIT_USAGE`]).
+pub const EXIT_USAGE: i32 = chainmail_sys::cli::EXIT_USAGE as i32;
+/// A system call failed; a `Z` record was written if possible
+/// ([`chainmail_sys::cli::EXIT_TEMPORARY`]).
+pub const EXIT_SYSTEM: i32 = chainmail_sys::cli::EXIT_TEMPORARY as i32;
 
 /// What qmail-remote-io does about TLS on one connection (`-s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,11 @@ pub fn fatal(args: fmt::Arguments<'_>) {
     emit("fatal", args);
 }
 
+/// Prints `prog: usage: ...`.
+pub fn usage(args: fmt::Arguments<'_>) {
+    emit("usage", args);
+}
+
 /// Prints `prog: warning: ...`.
 pub fn warn(args: fmt::Arguments<'_>) {
     emit("warning", args);

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::stat::{SFlag, fstat};
@@ -21,35 +22,132 @@ pub fn is_open(n: RawFd) -> bool {
     r != -1
 }
 
+/// How many descriptor numbers (from 0) the inherited set covers. An
+/// inherited descriptor above is never adopted: UCSPI programs get small
+/// numbers.
+pub const INHERITED_LIMIT: usize = 1024;
+
+/// One bit per descriptor number below [`INHERITED_LIMIT`]: set while the
+/// number names a descriptor nothing in this process owns. Filled with the
+/// descriptors open when the process started (before `main`, before the
+/// standard library or anything else could open one), cleared when
+/// [`adopt`] gives one an owner, set again by [`dup_onto`].
+static UNOWNED: [AtomicU64; INHERITED_LIMIT / 64] = [const { AtomicU64::new(0) }; INHERITED_LIMIT / 64];
+
+/// Runs from `.init_array`, before `main` and before the standard
+/// library's start-up code (which opens `/dev/null` on a closed 0, 1 or 2:
+/// such a descriptor is the library's, not inherited).
+extern "C" fn record_inherited() {
+    // One poll(2) with no events: the kernel flags every closed number
+    // with POLLNVAL. A smaller table if the descriptor limit is lower.
+    let mut table = [libc::pollfd { fd: 0, events: 0, revents: 0 }; INHERITED_LIMIT];
+    for (n, p) in table.iter_mut().enumerate() {
+        p.fd = n as RawFd;
+    }
+    for len in [INHERITED_LIMIT, 256, 64] {
+        // SAFETY: poll reads and writes `len` entries of `table`, which has
+        // at least that many; a timeout of 0 returns at once.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::poll(table.as_mut_ptr(), len as libc::nfds_t, 0) };
+        if r >= 0 {
+            for (n, p) in table[..len].iter().enumerate() {
+                if p.revents & libc::POLLNVAL == 0 {
+                    UNOWNED[n / 64].fetch_or(1 << (n % 64), Ordering::SeqCst);
+                }
+            }
+            return;
+        }
+    }
+}
+
+#[used]
+#[allow(unsafe_code)]
+// SAFETY: the function takes no arguments, touches only its stack and the
+// atomics above, and is what `.init_array` entries are for.
+#[unsafe(link_section = ".init_array")]
+static RECORD_INHERITED: extern "C" fn() = record_inherited;
+
+/// Marks `n` as owned; returns whether it was unowned.
+fn claim(n: RawFd) -> bool {
+    let Ok(i) = usize::try_from(n) else { return false };
+    if i >= INHERITED_LIMIT {
+        return false;
+    }
+    let bit = 1u64 << (i % 64);
+    UNOWNED[i / 64].fetch_and(!bit, Ordering::SeqCst) & bit != 0
+}
+
+/// Marks `n` as unowned again (after a `dup2` onto it).
+fn release(n: RawFd) {
+    if let Ok(i) = usize::try_from(n) {
+        if i < INHERITED_LIMIT {
+            UNOWNED[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether `n` names an open descriptor that nothing in this process owns:
+/// one inherited at start-up (or put there by [`dup_onto`]) and not
+/// adopted yet. Unlike [`is_open`], false for a 0, 1 or 2 that the
+/// standard library opened on `/dev/null` because the process started
+/// without it.
+pub fn is_inherited(n: RawFd) -> bool {
+    let Ok(i) = usize::try_from(n) else { return false };
+    i < INHERITED_LIMIT && UNOWNED[i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) != 0 && is_open(n)
+}
+
 /// Takes ownership of an inherited descriptor number.
 ///
-/// Fails with `EBADF` when `n` is not open. The caller must not adopt the
-/// same number twice, nor adopt a number that something else in the
-/// process owns; binaries call this once per number at start-up, for the
-/// numbers their interface says they inherit (0, 1, and the `SSL*FD`s).
+/// Sound by construction: only a number that was open when the process
+/// started (or that [`dup_onto`] filled) and that nothing adopted yet is
+/// taken, at most once; a second `adopt` of the same number, or of a
+/// number the process opened itself, fails with `EBUSY`, and a closed
+/// number with `EBADF`.
 pub fn adopt(n: RawFd) -> io::Result<OwnedFd> {
     if !is_open(n) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: `n` is open (checked above) and, by the contract documented
-    // on this function, owned by nothing else in the process.
+    if !claim(n) {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("descriptor {n} is not an inherited descriptor free to take over"),
+        ));
+    }
+    // SAFETY: `n` is open and was unowned (the claim above succeeded, and
+    // a claim succeeds once): nothing else in the process owns it.
     #[allow(unsafe_code)]
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// Makes `fd` also available as descriptor number `target` (dup2), without
 /// the close-on-exec flag, so that an exec'd program finds it there.
-/// Whatever `target` named before is closed by the kernel; if `target` was
-/// an [`OwnedFd`] somewhere in this process, the caller must `forget` it.
+///
+/// `dup2` closes what `target` named before, so `target` must be an
+/// inherited descriptor that nothing adopted (0 and 1 before an exec, in a
+/// process that never took them over); anything else is refused with
+/// `EBUSY`, so that no owner is left holding a replaced number. (A closed
+/// target is refused too: another thread could open it between a check
+/// and the `dup2`.) The new descriptor at `target` is unowned again:
+/// [`adopt`] may take it.
 pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     if fd.as_raw_fd() == target {
         return set_cloexec(&fd, false);
     }
-    // SAFETY: dup2 does not touch memory; closing `target` is the stated
-    // purpose of this function.
+    if !is_open(target) || !claim(target) {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("descriptor {target} is not an inherited descriptor free to replace"),
+        ));
+    }
+    // SAFETY: dup2 does not touch memory; `target` was open and unowned
+    // (claimed above, and an open number cannot be handed out again), so
+    // no owner is left with a replaced number.
     #[allow(unsafe_code)]
     let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-    if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    let result = if r == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    // Either way `target` is open and owned by nothing.
+    release(target);
+    result
 }
 
 /// Sets or clears `FD_CLOEXEC`.
@@ -193,59 +291,109 @@ pub fn send_with_fds(sock: &impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> i
 
 /// Receives what [`send_with_fds`] sent: reads `sock` (blocking) up to EOF
 /// or `max` bytes, and takes ownership of the descriptors that came with
-/// the data (at most `max_fds`; any beyond are closed). The descriptors are
-/// close-on-exec.
+/// the data. The descriptors are close-on-exec.
+///
+/// Every descriptor the kernel installed in this process is either
+/// returned owned or closed before this function returns, whatever
+/// happens. More than `max_fds` descriptors in all (including a control
+/// message the kernel had to truncate, `MSG_CTRUNC`, whose surplus the
+/// kernel itself discards) is an error (`InvalidData`), and then all of
+/// them are closed: a sender that breaks the limit gets nothing through.
 pub fn recv_with_fds(sock: &impl AsFd, max: usize, max_fds: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    use nix::sys::socket::{MsgFlags, UnixAddr, recvmsg};
     let mut data = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut cmsg_space = vec![0u8; cmsg_room(max_fds.max(1))];
+    // Room for one descriptor more than allowed: a sender that breaks the
+    // limit by one is seen without relying on the truncation flag alone.
+    let mut cmsg_buf = vec![0u8; cmsg_space_for(max_fds.saturating_add(1))];
     let mut buf = vec![0u8; 4096];
+    let mut too_many = false;
     while data.len() < max {
-        let (n, got) = {
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = loop {
-                match recvmsg::<UnixAddr>(
-                    sock.as_fd().as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg_space),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
-                    Ok(m) => break m,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => return Err(errno(e)),
-                }
-            };
-            let mut got: Vec<RawFd> = Vec::new();
-            for c in msg.cmsgs().map_err(errno)? {
-                if let ControlMessageOwned::ScmRights(r) = c {
-                    got.extend(r);
-                }
+        // The parser below stops at the first zeroed header.
+        cmsg_buf.fill(0);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let (n, truncated) = loop {
+            match recvmsg::<UnixAddr>(
+                sock.as_fd().as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => break (m.bytes, m.flags.contains(MsgFlags::MSG_CTRUNC)),
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(errno(e)),
             }
-            (msg.bytes, got)
         };
-        for raw in got {
-            // SAFETY: the kernel just installed these descriptors in this
-            // process for this message; nothing else knows their numbers.
+        // Own what the kernel installed before anything else can return:
+        // nix's `cmsgs()` refuses a truncated buffer, which would leave the
+        // installed descriptors open and unowned, so the buffer is read here.
+        for raw in scm_rights_in(&cmsg_buf) {
+            // SAFETY: the kernel just installed this descriptor in this
+            // process for this message; nothing else knows its number.
             #[allow(unsafe_code)]
             let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-            if fds.len() < max_fds {
-                fds.push(owned);
-            }
+            fds.push(owned);
         }
+        too_many |= truncated || fds.len() > max_fds;
         if n == 0 {
             break;
         }
         data.extend_from_slice(&buf[..n.min(max - data.len())]);
     }
+    if too_many {
+        // Dropping `fds` closes every one of them.
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than {max_fds} descriptors received")));
+    }
     Ok((data, fds))
 }
 
-/// Room for a control message carrying `n` descriptors.
-fn cmsg_room(n: usize) -> usize {
-    // CMSG_SPACE(n * sizeof(int)): a header plus the aligned payload; twice
-    // the header is more than the alignment can take.
-    2 * std::mem::size_of::<libc::cmsghdr>() + n * std::mem::size_of::<RawFd>() + 8
+/// `CMSG_SPACE(n * sizeof(int))`: room for a control message carrying `n`
+/// descriptors.
+fn cmsg_space_for(n: usize) -> usize {
+    let payload = u32::try_from(n.saturating_mul(std::mem::size_of::<RawFd>())).unwrap_or(u32::MAX / 2);
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
+    #[allow(unsafe_code)]
+    let space = unsafe { libc::CMSG_SPACE(payload) };
+    space as usize
+}
+
+/// The descriptor numbers of the `SCM_RIGHTS` messages in a control
+/// buffer that was zeroed before `recvmsg` filled it (a zero length ends
+/// the walk). Reads the Linux layout (`struct cmsghdr`: `cmsg_len`,
+/// `cmsg_level`, `cmsg_type`, data aligned to `size_t`) from the bytes,
+/// so that it also works on a buffer the kernel truncated.
+fn scm_rights_in(buf: &[u8]) -> Vec<RawFd> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let align = |n: usize| n.div_ceil(WORD).saturating_mul(WORD);
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let int = std::mem::size_of::<libc::c_int>();
+    let mut fds = Vec::new();
+    let mut at = 0usize;
+    while at.saturating_add(header) <= buf.len() {
+        let field = |offset: usize, width: usize| &buf[at + offset..at + offset + width];
+        let len_width = std::mem::size_of::<libc::size_t>();
+        let len = match len_width {
+            8 => field(0, 8).try_into().map(u64::from_ne_bytes).map(|v| v as usize),
+            _ => field(0, 4).try_into().map(u32::from_ne_bytes).map(|v| v as usize),
+        }
+        .unwrap_or(0);
+        if len < header {
+            break;
+        }
+        let level = field(len_width, int).try_into().map(libc::c_int::from_ne_bytes).unwrap_or(-1);
+        let kind = field(len_width + int, int).try_into().map(libc::c_int::from_ne_bytes).unwrap_or(-1);
+        let end = at.saturating_add(len).min(buf.len());
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            let data = at.saturating_add(align(header)).min(end);
+            for chunk in buf[data..end].chunks_exact(int) {
+                if let Ok(b) = chunk.try_into() {
+                    fds.push(RawFd::from_ne_bytes(b));
+                }
+            }
+        }
+        at = at.saturating_add(align(len));
+    }
+    fds
 }
 
 /// An `io::Read + io::Write` view of a borrowed descriptor, for libraries
@@ -291,6 +439,30 @@ mod tests {
         drop(r);
         assert!(!is_open(n));
         assert!(adopt(n).is_err());
+    }
+
+    /// `adopt` and `dup_onto` were safe functions whose soundness was the
+    /// caller's duty: a second owner of one number closes it twice.
+    #[test]
+    fn no_second_owner() {
+        let (r, w) = pipe().expect("pipe");
+        let got = adopt(r.as_raw_fd());
+        let refused = got.is_err();
+        if let Ok(second) = got {
+            // Old code: do not let the second owner close it.
+            std::mem::forget(second);
+        }
+        assert!(refused, "adopted a descriptor this process owns");
+        assert!(!is_inherited(r.as_raw_fd()));
+        // dup2 onto an owned descriptor would close it under its owner.
+        let (r2, _w2) = pipe().expect("pipe");
+        assert!(dup_onto(w.as_fd(), r2.as_raw_fd()).is_err());
+        assert_eq!(kind(&r2).expect("still a pipe"), Kind::Pipe);
+        // Nor onto a closed number (another thread may open it meanwhile).
+        let n = r2.as_raw_fd();
+        drop(r2);
+        assert!(dup_onto(w.as_fd(), n).is_err());
+        drop(r);
     }
 
     #[test]

@@ -5,13 +5,19 @@
 //! the command-line conventions (exit codes, usage, the `fatal` line).
 //! The UCSPI-TLS protocol itself lives in chainmail-ucspi-tls.
 //!
-//! This is the only crate of the workspace that contains `unsafe` code.
-//! It is confined to a few small functions: turning an inherited descriptor
-//! number into an owned descriptor ([`fd::adopt`], with [`fd::is_open`] and
-//! [`fd::dup_onto`]), `fork(2)` ([`process::fork`]), and one socket option
-//! nix does not wrap ([`net::quickack`]).
-//! Every other crate has `#![forbid(unsafe_code)]`.
+//! This is the only crate of the workspace that contains `unsafe` code,
+//! one statement per block, each with its SAFETY reasoning: taking an
+//! inherited descriptor over ([`fd::adopt`], [`fd::dup_onto`], which keep
+//! a record of the descriptors open at start-up so that no number ever
+//! gets two owners), owning received descriptors ([`fd::recv_with_fds`]),
+//! `fork(2)` ([`process::fork`], refused with more than one thread),
+//! `madvise` ([`process::release_clean_file_pages`]), `poll(2)` on the
+//! descriptors a [`poll::Round`] borrows ([`poll::PollSet`]), and one socket option
+//! nix does not wrap ([`net::quickack`]). Every public function is safe and
+//! enforces its own soundness. Every other crate has
+//! `#![forbid(unsafe_code)]`.
 
+pub mod cli;
 pub mod diag;
 pub mod fd;
 pub mod net;

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollTimeout};
 
 /// A point in time after which an operation gives up, or never.
+///
+/// No constructor panics: a deadline further away than `Instant` can
+/// represent (a huge timeout) is a deadline that never passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(Option<Instant>);
 
@@ -338,6 +341,13 @@ mod tests {
         assert!(soon.remaining().is_some_and(|d| d <= Duration::from_millis(5)));
         assert_eq!(soon.min(Deadline::NEVER), soon);
         assert_eq!(Deadline::NEVER.min(soon), soon);
+        // Huge timeouts saturate to never instead of overflowing.
+        assert_eq!(Deadline::after(Duration::MAX), Deadline::NEVER);
+        assert_eq!(Deadline::after_from(Instant::now(), Duration::from_secs(u64::MAX)), Deadline::NEVER);
+        assert_eq!(
+            Deadline::after_millis_or_never(u64::MAX).remaining().map(|d| d > Duration::from_secs(1)),
+            Some(true)
+        );
         let past = Deadline::after(Duration::ZERO);
         assert!(past.expired());
         assert_eq!(soon.min(past), past);

@@ -8,6 +8,8 @@ use std::process::Command;
 use nix::unistd::{Gid, Pid, Uid};
 use thiserror::Error;
 
+use crate::cli::{SysError, sys};
+
 /// Which side of a `fork` we are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forked {
@@ -20,15 +22,21 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`.
+/// `fork(2)`, refused (an error) unless this process has a single thread.
 ///
-/// Must only be called while the process has a single thread, which is
-/// the case for every chainmail binary: they fork at start-up, before
-/// anything could start a thread. After a fork in a multi-threaded
-/// process, locks held by other threads would stay locked in the child.
+/// After a fork in a multi-threaded process, locks held by other threads
+/// (the allocator's, stdout's) would stay locked forever in the child;
+/// every chainmail binary forks at start-up, before anything could start a
+/// thread. The check reads `Threads:` in `/proc/self/status`; only this
+/// thread could start another one, so it cannot change before the fork.
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: chainmail binaries are single-threaded when they fork (see
-    // above), so the child inherits no lock held by another thread.
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!("refusing to fork a process with {threads} threads")));
+    }
+    // SAFETY: the process has one thread (checked above, and only this
+    // thread could start another), so the child inherits no lock held by
+    // another thread.
     #[allow(unsafe_code)]
     let r = unsafe { nix::unistd::fork() };
     match r {
@@ -36,6 +44,16 @@ pub fn fork() -> io::Result<Forked> {
         Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child),
         Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
     }
+}
+
+/// The number of threads of this process, from `/proc/self/status`.
+fn thread_count() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no thread count in /proc/self/status"))
 }
 
 /// Changes to make to the environment of the program we exec into.
@@ -107,14 +125,26 @@ pub enum PrivError {
         /// Its value.
         value: String,
     },
-    /// A system call failed.
-    #[error("unable to {what}: {source}")]
-    Sys {
-        /// What we tried.
-        what: &'static str,
-        /// The cause.
-        source: io::Error,
+    /// One of the two is set without the other: a drop to a user that
+    /// keeps group 0 (or to a group that keeps uid 0) is no drop.
+    #[error("{set} is set but {missing} is not: set both (or neither) to drop privileges")]
+    HalfConfigured {
+        /// The variable that is set.
+        set: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
     },
+    /// A system call failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+impl PrivError {
+    /// Whether the configuration is wrong (exit 100), as opposed to a
+    /// system call that failed (111).
+    pub fn is_config(&self) -> bool {
+        !matches!(self, PrivError::Sys(_))
+    }
 }
 
 fn id_var(name: &'static str) -> Result<Option<u32>, PrivError> {
@@ -128,32 +158,59 @@ fn id_var(name: &'static str) -> Result<Option<u32>, PrivError> {
     s.parse::<u32>().map(Some).map_err(|_| PrivError::Invalid { name, value: s.to_owned() })
 }
 
-/// Drops root privileges to `TLS_UID` / `TLS_GID` when they are set and
-/// the process runs as root; does nothing otherwise. The supplementary
-/// groups are reduced to the new group. Returns the ids now in force.
-pub fn drop_to_tls_ids() -> Result<(Uid, Gid), PrivError> {
-    let uid = id_var("TLS_UID")?;
-    let gid = id_var("TLS_GID")?;
-    if Uid::effective().is_root() {
-        let sys = |what| move |e: nix::Error| PrivError::Sys { what, source: io::Error::from_raw_os_error(e as i32) };
-        if let Some(g) = gid {
-            let g = Gid::from_raw(g);
-            nix::unistd::setgroups(&[g]).map_err(sys("set supplementary groups"))?;
-            nix::unistd::setgid(g).map_err(sys("setgid"))?;
-        }
-        if let Some(u) = uid {
-            nix::unistd::setuid(Uid::from_raw(u)).map_err(sys("setuid"))?;
-            // A setuid that left a way back to root would be worse than
-            // failing: check that it is really gone.
-            if u != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-                return Err(PrivError::Sys {
-                    what: "drop root privileges",
-                    source: io::Error::from_raw_os_error(libc::EPERM),
-                });
-            }
+/// The ids a TLS engine drops to, from `TLS_UID` and `TLS_GID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsIds {
+    /// The user.
+    pub uid: Uid,
+    /// The group, which is also the only supplementary group.
+    pub gid: Gid,
+}
+
+impl TlsIds {
+    /// Reads `TLS_UID` and `TLS_GID`: `None` when neither is set; an error
+    /// when one is set without the other, or either is not a number. Meant
+    /// for start-up, so that a bad configuration stops the program before
+    /// any session.
+    pub fn from_env() -> Result<Option<TlsIds>, PrivError> {
+        TlsIds::from_values(id_var("TLS_UID")?, id_var("TLS_GID")?)
+    }
+
+    fn from_values(uid: Option<u32>, gid: Option<u32>) -> Result<Option<TlsIds>, PrivError> {
+        match (uid, gid) {
+            (None, None) => Ok(None),
+            (Some(u), Some(g)) => Ok(Some(TlsIds { uid: Uid::from_raw(u), gid: Gid::from_raw(g) })),
+            (Some(_), None) => Err(PrivError::HalfConfigured { set: "TLS_UID", missing: "TLS_GID" }),
+            (None, Some(_)) => Err(PrivError::HalfConfigured { set: "TLS_GID", missing: "TLS_UID" }),
         }
     }
-    Ok((Uid::effective(), Gid::effective()))
+
+    /// Drops root privileges completely: the supplementary groups become
+    /// the gid alone, then the real, effective and saved gid and uid are
+    /// set; then it checks that there is no way back. Does nothing when
+    /// the process does not run as root (it has nothing to drop).
+    pub fn drop_privileges(self) -> Result<(), PrivError> {
+        if !Uid::effective().is_root() {
+            return Ok(());
+        }
+        let failed = |what| move |e: nix::Error| PrivError::from(sys(what)(io::Error::from_raw_os_error(e as i32)));
+        nix::unistd::setgroups(&[self.gid]).map_err(failed("set the supplementary groups"))?;
+        nix::unistd::setgid(self.gid).map_err(failed("setgid"))?;
+        nix::unistd::setuid(self.uid).map_err(failed("setuid"))?;
+        // A drop that left a way back, or an id behind, would be worse
+        // than failing: check that it is complete.
+        let groups = nix::unistd::getgroups().map_err(failed("read the supplementary groups"))?;
+        let complete = Uid::current() == self.uid
+            && Uid::effective() == self.uid
+            && Gid::current() == self.gid
+            && Gid::effective() == self.gid
+            && groups.iter().all(|&g| g == self.gid)
+            && (self.uid.is_root() || nix::unistd::setuid(Uid::from_raw(0)).is_err());
+        if !complete {
+            return Err(sys("drop root privileges")(io::Error::from_raw_os_error(libc::EPERM)).into());
+        }
+        Ok(())
+    }
 }
 
 /// Gives back the pages of this process's read-only file mappings (its
@@ -245,6 +302,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn half_a_drop_is_refused() {
+        let ids = |u: Option<u32>, g: Option<u32>| TlsIds::from_values(u, g);
+        assert!(matches!(ids(None, None), Ok(None)));
+        assert_eq!(
+            ids(Some(7), Some(8)).expect("both").expect("some"),
+            TlsIds { uid: Uid::from_raw(7), gid: Gid::from_raw(8) }
+        );
+        for (u, g) in [(Some(7), None), (None, Some(8))] {
+            let e = ids(u, g).expect_err("half");
+            assert!(e.is_config());
+            assert!(e.to_string().contains("set both"), "{e}");
+        }
+    }
+
+    #[test]
     fn only_clean_read_only_file_mappings() {
         let smaps = "\
 55c258f2c000-55c259009000 r--p 00000000 fe:00 5374646 /usr/bin/prog
@@ -275,6 +347,24 @@ Anonymous:             0 kB
                 (0x7f48_e74a_d000, 0x7f48_e760_3000 - 0x7f48_e74a_d000),
             ]
         );
+    }
+
+    /// `fork` was a safe function whose soundness was the caller's duty
+    /// (a single thread): it is refused with a second thread.
+    #[test]
+    fn no_fork_with_two_threads() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        match fork() {
+            Err(e) => assert!(e.to_string().contains("threads"), "{e}"),
+            Ok(Forked::Child) => std::process::exit(0),
+            Ok(Forked::Parent { child }) => {
+                let _ = nix::sys::wait::waitpid(child, None);
+                panic!("forked with two threads");
+            }
+        }
+        drop(tx);
+        let _ = other.join();
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! connection whose last bytes are still on their way to the peer.
 //!
 //! The relay ends when every leg is done, or when no byte moved for the
-//! idle timeout. An idle hook ([`Relay::on_idle`]) runs once per idle
+//! idle timeout. An idle hook ([`ByteRelay::on_idle`]) runs once per idle
 //! period: a one-connection program uses it to give its code pages back.
 
 use std::fmt;
@@ -55,7 +55,7 @@ const STEPS_PER_WAKEUP: usize = 8;
 /// What a leg's source is read into and thrown away while discarding.
 const DISCARD_BUFFER: usize = 16 * 1024;
 
-/// One direction of a relay, as given to [`Relay::with_legs`].
+/// One direction of a relay, as given to [`ByteRelay::with_legs`].
 #[derive(Debug)]
 pub struct LegSpec {
     /// Where bytes come from.
@@ -109,7 +109,7 @@ pub struct LegReport {
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum RelayEnd {
     /// Every leg reached EOF (or its destination went away).
     Finished,
     /// No byte moved in any leg for the idle time.
@@ -118,9 +118,9 @@ pub enum Outcome {
 
 /// What a relay did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+pub struct RelayReport {
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: RelayEnd,
     /// One report per leg, in the order the legs were given.
     pub legs: Vec<LegReport>,
 }
@@ -199,7 +199,7 @@ impl fmt::Debug for IdleHook<'_> {
 
 /// A relay over any number of legs; see the module documentation.
 #[derive(Debug)]
-pub struct Relay<'hook> {
+pub struct ByteRelay<'hook> {
     legs: Vec<Leg>,
     idle: Option<Duration>,
     linger: Duration,
@@ -577,49 +577,49 @@ impl Leg {
     }
 }
 
-impl<'hook> Relay<'hook> {
+impl<'hook> ByteRelay<'hook> {
     /// A relay moving bytes along `forward` and `backward` at once.
-    pub fn new(forward: LegSpec, backward: LegSpec) -> io::Result<Relay<'hook>> {
-        Relay::with_legs([forward, backward])
+    pub fn new(forward: LegSpec, backward: LegSpec) -> io::Result<ByteRelay<'hook>> {
+        ByteRelay::with_legs([forward, backward])
     }
 
     /// A relay moving bytes along every leg at once. Every descriptor is
     /// made non-blocking.
-    pub fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<Relay<'hook>> {
+    pub fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<ByteRelay<'hook>> {
         let legs = specs.into_iter().map(Leg::new).collect::<io::Result<Vec<Leg>>>()?;
         // Each leg waits on at most two registrations.
         let poll = PollSet::with_capacity(2 * legs.len());
-        Ok(Relay { legs, idle: None, linger: Duration::from_secs(10), idle_hook: None, poll })
+        Ok(ByteRelay { legs, idle: None, linger: Duration::from_secs(10), idle_hook: None, poll })
     }
 
     /// Gives up when no byte moves in any leg for `idle`.
-    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Relay<'hook> {
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> ByteRelay<'hook> {
         self.idle = idle.filter(|d| !d.is_zero());
         self
     }
 
     /// How long legs whose destination is gone keep draining their
     /// sources once they are all that is left (default 10 s).
-    pub fn linger(mut self, linger: Duration) -> Relay<'hook> {
+    pub fn linger(mut self, linger: Duration) -> ByteRelay<'hook> {
         self.linger = linger;
         self
     }
 
     /// Runs `hook` once per idle period: when no byte has moved for
     /// `after`, and again only after bytes have moved since.
-    pub fn on_idle(mut self, after: Duration, hook: impl FnMut() + Send + 'hook) -> Relay<'hook> {
+    pub fn on_idle(mut self, after: Duration, hook: impl FnMut() + Send + 'hook) -> ByteRelay<'hook> {
         self.idle_hook = Some(IdleHook { after, hook: Box::new(hook) });
         self
     }
 
     /// Runs until every leg is done or the idle time passes.
-    pub fn run(mut self) -> io::Result<Report> {
+    pub fn run(mut self) -> io::Result<RelayReport> {
         let mut last_progress = Instant::now();
         let mut linger_deadline = Deadline::NEVER;
         let mut hook_ran = false;
         loop {
             if self.legs.iter().all(|l| l.state == State::Done) {
-                return Ok(self.report(Outcome::Finished));
+                return Ok(self.report(RelayEnd::Finished));
             }
             // Legs that only discard keep the relay alive for the linger
             // time once nothing else is left to do.
@@ -629,12 +629,12 @@ impl<'hook> Relay<'hook> {
                     linger_deadline = Deadline::after(self.linger);
                 }
                 if linger_deadline.expired() {
-                    return Ok(self.report(Outcome::Finished));
+                    return Ok(self.report(RelayEnd::Finished));
                 }
             }
             let idle_deadline = self.idle.map_or(Deadline::NEVER, |d| Deadline::after_from(last_progress, d));
             if idle_deadline.expired() {
-                return Ok(self.report(Outcome::IdleTimeout));
+                return Ok(self.report(RelayEnd::IdleTimeout));
             }
             let hook_deadline = match &self.idle_hook {
                 Some(h) if !hook_ran => Deadline::after_from(last_progress, h.after),
@@ -656,7 +656,7 @@ impl<'hook> Relay<'hook> {
             }
             if round.is_empty() {
                 // Nothing can make progress (should not happen): stop.
-                return Ok(self.report(Outcome::Finished));
+                return Ok(self.report(RelayEnd::Finished));
             }
             for &(token, readiness) in round.wait(deadline)? {
                 let progressed = match token {
@@ -674,8 +674,8 @@ impl<'hook> Relay<'hook> {
         }
     }
 
-    fn report(&self, outcome: Outcome) -> Report {
-        Report { outcome, legs: self.legs.iter().map(|l| l.report).collect() }
+    fn report(&self, outcome: RelayEnd) -> RelayReport {
+        RelayReport { outcome, legs: self.legs.iter().map(|l| l.report).collect() }
     }
 }
 
@@ -761,7 +761,7 @@ mod tests {
         let (to_app_r, to_app_w) = fd::pipe().expect("pipe");
         let (from_app_r, from_app_w) = fd::pipe().expect("pipe");
 
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec { src: net_ours, dst: to_app_w, leftover: b"LEFT-FWD ".to_vec() },
             LegSpec { src: from_app_r, dst: net_ours_w, leftover: b"LEFT-BACK ".to_vec() },
         )
@@ -783,7 +783,7 @@ mod tests {
         let got_app = app.join().expect("app");
         let got_peer = peer.join().expect("peer");
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         let mut want = b"LEFT-FWD ".to_vec();
         want.extend_from_slice(&big);
         assert_eq!(got_app, want);
@@ -801,7 +801,7 @@ mod tests {
         let (c_r, c_w) = fd::pipe().expect("pipe");
         let (d_r, d_w) = fd::pipe().expect("pipe");
         // forward: a_r -> b_w ; backward: c_r -> d_w
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
             LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
         )
@@ -816,7 +816,7 @@ mod tests {
         assert_eq!(got, b"bye");
         let start = Instant::now();
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         assert_eq!(report.legs[0].end, LegEnd::DestinationGone);
         assert_eq!(report.legs[1].end, LegEnd::Eof);
         assert!(start.elapsed() < Duration::from_secs(3));
@@ -830,7 +830,7 @@ mod tests {
         let (c_r, _c_w) = fd::pipe().expect("pipe");
         let (_d_r, d_w) = fd::pipe().expect("pipe");
         let start = Instant::now();
-        let report = Relay::new(
+        let report = ByteRelay::new(
             LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
             LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
         )
@@ -838,7 +838,7 @@ mod tests {
         .idle_timeout(Some(Duration::from_millis(100)))
         .run()
         .expect("run");
-        assert_eq!(report.outcome, Outcome::IdleTimeout);
+        assert_eq!(report.outcome, RelayEnd::IdleTimeout);
         assert!(report.legs.iter().all(|l| l.end == LegEnd::Unfinished));
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
@@ -870,7 +870,7 @@ mod tests {
             feeders.push(feed(feed_end, data));
             readers.push(thread::spawn(move || read_all(&read_end)));
         }
-        let relay = Relay::with_legs(specs).expect("relay").idle_timeout(Some(Duration::from_secs(20)));
+        let relay = ByteRelay::with_legs(specs).expect("relay").idle_timeout(Some(Duration::from_secs(20)));
         let report = relay.run().expect("run");
         for f in feeders {
             f.join().expect("feeder");
@@ -879,7 +879,7 @@ mod tests {
             let got = r.join().expect("reader");
             assert!(got == *want, "leg {i}: {} bytes, want {}", got.len(), want.len());
         }
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         for (i, (leg, &(_, _, path, _))) in report.legs.iter().zip(&shapes).enumerate() {
             assert_eq!(leg.path, path, "leg {i}");
             assert_eq!(leg.moved, wants[i].len() as u64, "leg {i}");
@@ -895,7 +895,7 @@ mod tests {
     fn half_close_passes_per_leg() {
         let (client, client_ours) = fd::socketpair().expect("socketpair");
         let (server_ours, server) = fd::socketpair().expect("socketpair");
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec {
                 src: client_ours.try_clone().expect("dup"),
                 dst: server_ours.try_clone().expect("dup"),
@@ -920,7 +920,7 @@ mod tests {
         net::shutdown_write(&server).expect("server shutdown");
         assert_eq!(read_all(&client), b"");
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         assert_eq!(
             report.legs.iter().map(|l| (l.moved, l.end)).collect::<Vec<_>>(),
             [(6, LegEnd::Eof), (9, LegEnd::Eof)]
@@ -958,7 +958,7 @@ mod tests {
             let feeder = feed(feed_end, data.clone());
             others.push((feeder, thread::spawn(move || read_all(&read_end)), data));
         }
-        let relay = Relay::with_legs(specs).expect("relay").idle_timeout(Some(Duration::from_secs(20)));
+        let relay = ByteRelay::with_legs(specs).expect("relay").idle_timeout(Some(Duration::from_secs(20)));
         let handle = thread::spawn(move || relay.run().expect("run"));
         for (feeder, reader, data) in others {
             feeder.join().expect("feeder");
@@ -973,7 +973,7 @@ mod tests {
         stuck_feeder.join().expect("stuck feeder");
         assert!(got.join().expect("stuck reader") == stuck_data);
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         assert_eq!(report.legs[0].moved, STUCK_LEN as u64);
     }
 
@@ -995,11 +995,12 @@ mod tests {
         let data = pattern(LEN, 3);
         let feeder = feed(client, data.clone());
         let reader = thread::spawn(move || read_all(&server));
-        let report = Relay::with_legs([LegSpec { src: from_client, dst: to_server, leftover: b"EHLO\r\n".to_vec() }])
-            .expect("relay")
-            .idle_timeout(Some(Duration::from_secs(20)))
-            .run()
-            .expect("run");
+        let report =
+            ByteRelay::with_legs([LegSpec { src: from_client, dst: to_server, leftover: b"EHLO\r\n".to_vec() }])
+                .expect("relay")
+                .idle_timeout(Some(Duration::from_secs(20)))
+                .run()
+                .expect("run");
         feeder.join().expect("feeder");
         let got = reader.join().expect("reader");
         assert_eq!(got.len(), LEN + 6);
@@ -1018,7 +1019,7 @@ mod tests {
         let (feed_end, src) = source(End::Pipe);
         let (dst, read_end) = sink(End::Socket);
         let (tx, rx) = mpsc::channel::<Instant>();
-        let relay = Relay::with_legs([LegSpec { src, dst, leftover: Vec::new() }])
+        let relay = ByteRelay::with_legs([LegSpec { src, dst, leftover: Vec::new() }])
             .expect("relay")
             .idle_timeout(Some(Duration::from_millis(400)))
             .on_idle(Duration::from_millis(30), move || tx.send(Instant::now()).expect("send"));
@@ -1032,7 +1033,7 @@ mod tests {
         let second = rx.recv_timeout(Duration::from_secs(5)).expect("second idle period");
         assert!(second > first);
         let report = handle.join().expect("relay");
-        assert_eq!(report.outcome, Outcome::IdleTimeout);
+        assert_eq!(report.outcome, RelayEnd::IdleTimeout);
         assert!(moved_at.elapsed() >= Duration::from_millis(300));
         // The relay stayed idle for 370 ms after the second call: no third.
         assert_eq!(rx.try_iter().count(), 0);
@@ -1050,7 +1051,7 @@ mod tests {
         std::fs::remove_file(&path).expect("remove");
         let (dst, read_end) = sink(End::Socket);
         let reader = thread::spawn(move || read_all(&read_end));
-        let report = Relay::with_legs([LegSpec { src: OwnedFd::from(file), dst, leftover: Vec::new() }])
+        let report = ByteRelay::with_legs([LegSpec { src: OwnedFd::from(file), dst, leftover: Vec::new() }])
             .expect("relay")
             .run()
             .expect("run");
@@ -1069,7 +1070,7 @@ mod tests {
         let (back_r, back_w) = fd::pipe().expect("pipe");
         drop(app_r); // the application is gone
         drop(back_w); // and has nothing more to say
-        let relay = Relay::new(
+        let relay = ByteRelay::new(
             LegSpec { src: net.try_clone().expect("dup"), dst: app_w, leftover: Vec::new() },
             LegSpec { src: back_r, dst: net, leftover: Vec::new() },
         )
@@ -1082,10 +1083,30 @@ mod tests {
         fd::write_all(&peer, &pattern(1 << 20, 1)).expect("peer write");
         let report = handle.join().expect("relay");
         let took = start.elapsed();
-        assert_eq!(report.outcome, Outcome::Finished);
+        assert_eq!(report.outcome, RelayEnd::Finished);
         assert_eq!(report.legs[0].end, LegEnd::DestinationGone);
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
         // The peer saw our EOF, not a reset.
         assert_eq!(read_all(&peer), b"");
+    }
+
+    /// `smtpd-starttls-proxy-io -T 18446744073709551615` panicked here
+    /// (`Instant + Duration` overflow) in every plaintext session.
+    #[test]
+    fn a_huge_idle_timeout_is_no_timeout() {
+        let (a_r, a_w) = fd::pipe().expect("pipe");
+        let (_b_r, b_w) = fd::pipe().expect("pipe");
+        let (c_r, c_w) = fd::pipe().expect("pipe");
+        let (_d_r, d_w) = fd::pipe().expect("pipe");
+        drop((a_w, c_w));
+        let report = ByteRelay::new(
+            LegSpec { src: a_r, dst: b_w, leftover: Vec::new() },
+            LegSpec { src: c_r, dst: d_w, leftover: Vec::new() },
+        )
+        .expect("relay")
+        .idle_timeout(Some(Duration::from_secs(u64::MAX)))
+        .run()
+        .expect("run");
+        assert_eq!(report.outcome, RelayEnd::Finished);
     }
 }

@@ -1,9 +1,10 @@
 //! The connection information a UCSPI-TLS server hands back to its
-//! application after `Y`: `NAME=value\0` records with mod_ssl's names,
-//! then one more `\0`. A name without `=` means "unset", as in s6.
+//! application after `Y`, filled from a rustls connection. The record and
+//! its encoding are chainmail-ucspi-tls's ([`InfoRecord`]).
 
 use std::fmt::Write;
 
+use chainmail_ucspi_tls::InfoRecord;
 use rustls::server::ServerConnection;
 use rustls::{CipherSuite, ProtocolVersion};
 
@@ -33,32 +34,19 @@ impl<'a> ConnectionInfo<'a> {
         }
     }
 
-    /// The record: `SSL_PROTOCOL`, `SSL_CIPHER`, `SSL_TLS_SNI_SERVERNAME`,
-    /// `SSL_PEER_CERT_HASH` (`SHA256:` and the lower-case hex digest of the
-    /// certificate's DER) and `SSL_PEER_CERT_SUBJECT` (RFC 4514), each
-    /// ended by `\0`, then a final `\0`.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(256);
-        let mut var = |name: &str, value: Option<&str>| {
-            out.push_str(name);
-            if let Some(v) = value {
-                out.push('=');
-                out.push_str(v);
-            }
-            out.push('\0');
-        };
-        var("SSL_PROTOCOL", self.protocol.and_then(protocol_name));
-        let cipher = self.cipher.map(cipher_suite_name);
-        var("SSL_CIPHER", cipher.as_deref());
-        // A DNS name never holds a NUL; refuse one rather than break the
-        // record if rustls ever let one through.
-        var("SSL_TLS_SNI_SERVERNAME", self.server_name.filter(|s| !s.contains('\0')));
-        let hash = self.peer_certificate.map(certificate_hash);
-        var("SSL_PEER_CERT_HASH", hash.as_deref());
-        let subject = self.peer_certificate.and_then(dn::certificate_subject);
-        var("SSL_PEER_CERT_SUBJECT", subject.as_deref());
-        out.push('\0');
-        out.into_bytes()
+    /// The record a UCSPI-TLS engine sends back after `Y` (its encoding
+    /// is chainmail-ucspi-tls's): `SSL_PROTOCOL` and `SSL_CIPHER` by
+    /// mod_ssl's and IANA's names, `SSL_TLS_SNI_SERVERNAME`,
+    /// `SSL_PEER_CERT_HASH` (`SHA256:` and the lower-case hex digest of
+    /// the certificate's DER) and `SSL_PEER_CERT_SUBJECT` (RFC 4514).
+    pub fn record(&self) -> InfoRecord {
+        InfoRecord {
+            protocol: self.protocol.and_then(protocol_name).map(str::to_owned),
+            cipher: self.cipher.map(cipher_suite_name),
+            server_name: self.server_name.map(str::to_owned),
+            peer_cert_hash: self.peer_certificate.map(certificate_hash),
+            peer_cert_subject: self.peer_certificate.and_then(dn::certificate_subject),
+        }
     }
 }
 
@@ -108,12 +96,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_session_writes_bare_names() {
-        let info = ConnectionInfo::default();
-        assert_eq!(
-            info.encode(),
-            b"SSL_PROTOCOL\0SSL_CIPHER\0SSL_TLS_SNI_SERVERNAME\0SSL_PEER_CERT_HASH\0SSL_PEER_CERT_SUBJECT\0\0"
-        );
+    fn empty_session_leaves_every_field_unset() {
+        assert_eq!(ConnectionInfo::default().record(), InfoRecord::default());
     }
 
     #[test]
@@ -125,15 +109,16 @@ mod tests {
             server_name: Some("mail.test"),
             peer_certificate: Some(cert),
         };
-        let rec = String::from_utf8(info.encode()).expect("utf8");
-        let fields: Vec<&str> = rec.split('\0').collect();
-        assert_eq!(fields.len(), 7, "{rec:?}");
-        assert_eq!(fields[0], "SSL_PROTOCOL=TLSv1.3");
-        assert_eq!(fields[1], "SSL_CIPHER=TLS_AES_256_GCM_SHA384");
-        assert_eq!(fields[2], "SSL_TLS_SNI_SERVERNAME=mail.test");
-        assert_eq!(fields[3], certificate_hash(cert).replace("SHA256:", "SSL_PEER_CERT_HASH=SHA256:"));
-        assert_eq!(fields[4], "SSL_PEER_CERT_SUBJECT=CN=mail.test");
-        assert_eq!(&fields[5..], ["", ""]);
+        assert_eq!(
+            info.record(),
+            InfoRecord {
+                protocol: Some("TLSv1.3".into()),
+                cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+                server_name: Some("mail.test".into()),
+                peer_cert_hash: Some(certificate_hash(cert)),
+                peer_cert_subject: Some("CN=mail.test".into()),
+            }
+        );
     }
 
     #[test]

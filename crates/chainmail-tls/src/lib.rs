@@ -9,7 +9,7 @@
 //!   or verified (trust anchors from a file, a directory, or built in).
 //! * [`Engine`]: the server side of a session between a network and an
 //!   application, without I/O, so that the relay can be tested in memory.
-//! * [`ConnectionInfo`]: the `SSL_*` record a UCSPI-TLS server sends back
+//! * [`ConnectionInfo`]: fills the `SSL_*` record a UCSPI-TLS server sends back
 //!   after `Y`, with [`dn`] writing the peer's subject per RFC 4514.
 #![forbid(unsafe_code)]
 

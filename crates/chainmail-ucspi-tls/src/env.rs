@@ -3,9 +3,9 @@
 //! A UCSPI-TLS server (ucspi-tlsd, s6-ucspitlsd, `sslserver -n`) starts
 //! its application with three descriptor numbers in the environment:
 //!
-//! * `SSLCTLFD`: the control socket. Writing `y` starts TLS; `Y` starts TLS
-//!   and asks for the connection information back on the same socket;
-//!   closing it declines TLS.
+//! * `SSLCTLFD`: the control socket ([`crate::control`]). Writing `y`
+//!   starts TLS; `Y` starts TLS and asks for the connection information
+//!   back on the same socket; closing it declines TLS.
 //! * `SSLREADFD`: where the application reads plaintext once TLS runs.
 //! * `SSLWRITEFD`: where the application writes plaintext once TLS runs.
 
@@ -38,6 +38,15 @@ pub enum EnvError {
         name: &'static str,
         /// What it contained.
         value: String,
+    },
+    /// The number is 0, 1 or 2: those are the network's (or the standard
+    /// error's), and two owners would close the same descriptor.
+    #[error("{name}={fd} names a standard descriptor (0, 1 or 2), which the UCSPI-TLS descriptors may not be")]
+    Standard {
+        /// The variable.
+        name: &'static str,
+        /// The number.
+        fd: RawFd,
     },
     /// The number does not name an open descriptor.
     #[error("{name}={fd} does not name an open file descriptor")]
@@ -90,8 +99,15 @@ impl SslFds {
     /// The contract allows the read and write descriptors to be the same
     /// number (a socket); the second one is then a duplicate, so that each
     /// can be closed on its own. The same holds for the control socket.
+    /// The numbers 0, 1 and 2 are refused: the network is on 0 and 1, and
+    /// the program takes those over itself.
     pub fn from_env() -> Result<SslFds, EnvError> {
         let numbers = [fd_var(SSLCTLFD)?, fd_var(SSLREADFD)?, fd_var(SSLWRITEFD)?];
+        for (name, &n) in UCSPI_TLS_VARS.iter().zip(numbers.iter()) {
+            if n <= 2 {
+                return Err(EnvError::Standard { name, fd: n });
+            }
+        }
         for (name, &n) in UCSPI_TLS_VARS.iter().zip(numbers.iter()) {
             if !fd::is_open(n) {
                 return Err(EnvError::NotOpen { name, fd: n });
@@ -114,36 +130,15 @@ impl SslFds {
     }
 }
 
-/// chainmail's extension of the UCSPI-TLS control protocol, announced by
-/// ucspi-tlsd in its application's environment (`CHAINMAIL_TLS_HANDOVER=1`).
-///
-/// An application that sees it may write [`HANDOVER_COMMAND`] (`H`) instead
-/// of `Y`. The engine then does what `Y` does (handshake, connection
-/// information ending with two NULs), and reads one handover message on the
-/// control socket ([`encode_handover`]) carrying two descriptors: where to
-/// write the client's plaintext from now on, and where to read the
-/// plaintext for the client. The application (a proxy) then leaves, and the
-/// engine relays with whatever is behind those descriptors. An application
-/// that closes the control socket without a handover message keeps the
-/// ordinary `SSLREADFD`/`SSLWRITEFD` relay. Other UCSPI-TLS servers do not
-/// set the variable, and applications that do not know it never send `H`.
+/// Set to `1` by an engine that takes chainmail's handover (`H`, see
+/// [`crate::control`]) in its application's environment. Other UCSPI-TLS
+/// servers do not set it, and applications that do not know it never
+/// send `H`.
 pub const HANDOVER_VAR: &str = "CHAINMAIL_TLS_HANDOVER";
-/// The control byte that asks for TLS with a handover.
-pub const HANDOVER_COMMAND: u8 = b'H';
 
-/// The handover message: the relay's idle timeout in milliseconds (0 for
-/// none, 8 bytes big-endian), then bytes the engine must send to the client
-/// before anything else.
-pub fn encode_handover(idle_ms: u64, to_client: &[u8]) -> Vec<u8> {
-    let mut m = idle_ms.to_be_bytes().to_vec();
-    m.extend_from_slice(to_client);
-    m
-}
-
-/// Reads a handover message: `(idle timeout in ms, bytes for the client)`.
-pub fn decode_handover(message: &[u8]) -> Option<(u64, &[u8])> {
-    let (head, rest) = message.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*head), rest))
+/// Whether this process's UCSPI-TLS server announced the handover.
+pub fn handover_offered() -> bool {
+    std::env::var_os(HANDOVER_VAR).is_some_and(|v| v == "1")
 }
 
 /// The variables that configure a TLS engine and that a UCSPI-TLS server
@@ -180,14 +175,6 @@ mod tests {
         ] {
             assert_eq!(parse_fd_number(OsStr::new(s)), want, "{s:?}");
         }
-    }
-
-    #[test]
-    fn handover_messages() {
-        let m = encode_handover(1_200_000, b"250 leftover\r\n");
-        assert_eq!(decode_handover(&m), Some((1_200_000, &b"250 leftover\r\n"[..])));
-        assert_eq!(decode_handover(&encode_handover(0, b"")), Some((0, &b""[..])));
-        assert_eq!(decode_handover(b"short"), None);
     }
 
     #[test]

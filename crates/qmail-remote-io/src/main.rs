@@ -25,7 +25,7 @@ use chainmail_qmail::{Final, RemoteText, Report, Verdict as Letter};
 use chainmail_smtp::client::{Attempt, Client, Outcome, RcptResult, Skip, Status, TlsWish, Verdict};
 use chainmail_smtp::data::{DataEncoder, MessageFacts};
 use chainmail_smtp::reply::Reply;
-use chainmail_sys::fd;
+use chainmail_sys::{cli, fd};
 use chainmail_tls::client::{Anchors, ClientSettings, ServerAuth, client_config, server_name};
 
 use crate::conn::{Conn, ConnError};
@@ -61,14 +61,15 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
     let mut eight_bit = false;
     let (mut fdr, mut fdw) = (6, 7);
     let mut rest: Vec<OsString> = Vec::new();
-    let secs = |v: OsString| -> Result<Duration, String> {
-        let n: u64 = v.parse().map_err(bad)?;
-        Ok(Duration::from_secs(n.max(1)))
+    // At least a second; absurd values are refused (a deadline must not
+    // overflow).
+    let secs = |v: OsString, what: &str| -> Result<Duration, String> {
+        Ok(Duration::from_secs(cli::seconds(&v, what)?.max(1)))
     };
     while let Some(arg) = p.next().map_err(bad)? {
         match arg {
-            Short('t') => timeout = secs(p.value().map_err(bad)?)?,
-            Short('K') => handshake = secs(p.value().map_err(bad)?)?,
+            Short('t') => timeout = secs(p.value().map_err(bad)?, "timeout")?,
+            Short('K') => handshake = secs(p.value().map_err(bad)?, "handshake timeout")?,
             Short('h') => helo = p.value().map_err(bad)?.string().map_err(bad)?,
             Short('s') => {
                 let v = p.value().map_err(bad)?.string().map_err(bad)?;
@@ -460,6 +461,15 @@ mod tests {
         assert!(parse_args(args(&["-s", "verify", "192.0.2.1", "a@b", "c@d"])).is_err());
         assert!(parse_args(args(&["192.0.2.1", "a@b"])).is_err());
         assert!(parse_args(args(&["mx.test", "a@b", "c@d"])).is_err());
+        // Absurd timeouts are usage errors, not overflowing deadlines.
+        for opt in ["-t", "-K"] {
+            let e = parse_args(args(&[opt, "18446744073709551615", "192.0.2.1", "a@b", "c@d"])).expect_err(opt);
+            assert!(e.contains("timeout"), "{e}");
+        }
+        assert_eq!(
+            parse_args(args(&["-t", "0", "192.0.2.1", "a@b", "c@d"])).expect("0").timeout,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

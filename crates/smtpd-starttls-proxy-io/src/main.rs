@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chainmail_smtp::proxy;
+use chainmail_sys::cli::{self, SysError, sys};
 use chainmail_sys::process::{EnvChanges, Forked};
 use chainmail_sys::{diag, fd};
 use chainmail_ucspi_tls::{SslFds, UCSPI_TLS_VARS};
@@ -40,28 +41,34 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 enum Fatal {
-    #[error("usage: {USAGE}")]
+    #[error("no smtpd to run")]
     Usage,
     #[error("{0}")]
     BadOption(String),
     #[error("{0}")]
     Env(#[from] chainmail_ucspi_tls::env::EnvError),
-    #[error("unable to {what}: {source}")]
-    Sys { what: &'static str, source: std::io::Error },
+    #[error("unable to find the network connection on fds 0 and 1")]
+    NoNetwork,
+    #[error(transparent)]
+    Sys(#[from] SysError),
 }
 
-impl Fatal {
+impl cli::Failure for Fatal {
     fn exit_code(&self) -> u8 {
         match self {
-            Fatal::Usage | Fatal::BadOption(_) | Fatal::Env(_) => 100,
-            Fatal::Sys { .. } => 111,
+            Fatal::Usage | Fatal::BadOption(_) | Fatal::Env(_) | Fatal::NoNetwork => cli::EXIT_USAGE,
+            Fatal::Sys(_) => cli::EXIT_TEMPORARY,
         }
+    }
+
+    fn usage(&self) -> Option<&'static str> {
+        matches!(self, Fatal::Usage | Fatal::BadOption(_)).then_some(USAGE)
     }
 }
 
+/// A timeout in seconds, 0 for none; at most [`cli::MAX_TIMEOUT_SECS`].
 fn seconds(value: OsString, what: &str) -> Result<Option<Duration>, Fatal> {
-    let s = value.to_str().unwrap_or("");
-    let n: u64 = s.parse().map_err(|_| Fatal::BadOption(format!("invalid {what}: {s:?}")))?;
+    let n = cli::seconds(&value, what).map_err(Fatal::BadOption)?;
     Ok((n > 0).then(|| Duration::from_secs(n)))
 }
 
@@ -73,7 +80,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Fatal
         relay_timeout: Some(Duration::from_secs(1200)),
         proxy: proxy::Config::default(),
         smtpd: Vec::new(),
-        handover: std::env::var_os(chainmail_ucspi_tls::env::HANDOVER_VAR).is_some_and(|v| v == "1"),
+        handover: chainmail_ucspi_tls::env::handover_offered(),
     };
     let mut parser = lexopt::Parser::from_args(args);
     let bad = |e: lexopt::Error| Fatal::BadOption(e.to_string());
@@ -101,18 +108,11 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Fatal
     Ok(opts)
 }
 
-fn sys(what: &'static str) -> impl FnOnce(std::io::Error) -> Fatal {
-    move |source| Fatal::Sys { what, source }
-}
-
 fn run() -> Result<u8, Fatal> {
     let opts = parse_args(std::env::args_os().skip(1))?;
     let ssl = SslFds::from_env()?;
-    if !fd::is_open(0) || !fd::is_open(1) {
-        return Err(Fatal::Sys {
-            what: "find the network connection on fds 0 and 1",
-            source: std::io::Error::from_raw_os_error(nix::libc::EBADF),
-        });
+    if !fd::is_inherited(0) || !fd::is_inherited(1) {
+        return Err(Fatal::NoNetwork);
     }
     let (to_smtpd_r, to_smtpd_w) = fd::pipe().map_err(sys("create a pipe"))?;
     let (from_smtpd_r, from_smtpd_w) = fd::pipe().map_err(sys("create a pipe"))?;
@@ -133,7 +133,7 @@ fn run() -> Result<u8, Fatal> {
             }
             env.remove(chainmail_ucspi_tls::env::HANDOVER_VAR);
             let err = chainmail_sys::process::exec(&opts.smtpd, &env);
-            Err(Fatal::Sys { what: "exec the smtpd", source: err })
+            Err(sys("exec the smtpd")(err).into())
         }
         Forked::Child => {
             drop((to_smtpd_r, from_smtpd_w));
@@ -152,13 +152,7 @@ fn run() -> Result<u8, Fatal> {
 fn main() -> ExitCode {
     diag::set_program("smtpd-starttls-proxy-io");
     diag::abort_on_panic();
-    match run() {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            diag::fatal(format_args!("{e}"));
-            ExitCode::from(e.exit_code())
-        }
-    }
+    cli::finish(run(), false)
 }
 
 #[cfg(test)]
@@ -187,5 +181,14 @@ mod tests {
         assert!(matches!(parse_args(args(&[])), Err(Fatal::Usage)));
         assert!(matches!(parse_args(args(&["-t", "x", "s"])), Err(Fatal::BadOption(_))));
         assert!(matches!(parse_args(args(&["-q", "s"])), Err(Fatal::BadOption(_))));
+        // Absurd timeouts are refused: -T 18446744073709551615 overflowed
+        // the relay's deadline in every plaintext session.
+        for opt in ["-t", "-T"] {
+            assert!(matches!(parse_args(args(&[opt, "18446744073709551615", "s"])), Err(Fatal::BadOption(_))));
+        }
+        assert_eq!(
+            parse_args(args(&["-T", "604800", "s"])).expect("a week").relay_timeout,
+            Some(Duration::from_secs(604_800))
+        );
     }
 }

@@ -7,12 +7,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
-use chainmail_sys::diag;
 use chainmail_sys::fd;
 use chainmail_sys::net;
 use chainmail_sys::poll::{self, Deadline};
-use chainmail_sys::relay::{LegSpec, Outcome, Relay};
+use chainmail_sys::relay::{ByteRelay, LegSpec, RelayEnd};
+use chainmail_sys::{cli, diag};
 use chainmail_ucspi_tls::SslFds;
+use chainmail_ucspi_tls::control::{self, Command};
 use nix::poll::{PollFd, PollFlags};
 
 use crate::Options;
@@ -34,9 +35,6 @@ const TRIM_AFTER: Duration = Duration::from_secs(1);
 fn give_back_code_pages() {
     let _ = chainmail_sys::process::release_clean_file_pages();
 }
-
-/// Most connection information accepted from the UCSPI-TLS server.
-const MAX_TLS_INFO: usize = 64 * 1024;
 
 /// The descriptors of a session.
 #[derive(Debug)]
@@ -64,14 +62,21 @@ pub enum Ended {
     Proxy(End),
 }
 
+/// The TLS handshake failed (the engine answered with EOF).
+pub const EXIT_TLS_FAILED: u8 = 1;
+/// A timeout (`-t` or `-T`).
+pub const EXIT_TIMEOUT: u8 = 99;
+/// The smtpd broke the protocol (not a reply, or gone with replies owed).
+pub const EXIT_SMTPD_ERROR: u8 = 101;
+
 impl Ended {
     /// The process exit code.
     pub fn exit_code(self) -> u8 {
         match self {
-            Ended::Relayed | Ended::Proxy(End::Closed | End::ClientGone | End::Injection) => 0,
-            Ended::Proxy(End::TlsFailed) => 1,
-            Ended::RelayIdle | Ended::Proxy(End::Timeout) => 99,
-            Ended::Proxy(End::ServerError) => 101,
+            Ended::Relayed | Ended::Proxy(End::Closed | End::ClientGone | End::Injection) => cli::EXIT_OK,
+            Ended::Proxy(End::TlsFailed) => EXIT_TLS_FAILED,
+            Ended::RelayIdle | Ended::Proxy(End::Timeout) => EXIT_TIMEOUT,
+            Ended::Proxy(End::ServerError) => EXIT_SMTPD_ERROR,
         }
     }
 }
@@ -155,7 +160,7 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
                 // engine exits now instead of waiting for the session end.
                 drop(ssl);
                 let parts = p.into_relay();
-                let relay = Relay::new(
+                let relay = ByteRelay::new(
                     LegSpec { src: net_in, dst: smtpd_in, leftover: parts.to_server },
                     LegSpec { src: smtpd_out, dst: net_out, leftover: parts.to_client },
                 )?
@@ -233,10 +238,10 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
     }
 }
 
-fn relay_outcome(outcome: Outcome) -> Ended {
-    match outcome {
-        Outcome::Finished => Ended::Relayed,
-        Outcome::IdleTimeout => Ended::RelayIdle,
+fn relay_outcome(end: RelayEnd) -> Ended {
+    match end {
+        RelayEnd::Finished => Ended::Relayed,
+        RelayEnd::IdleTimeout => Ended::RelayIdle,
     }
 }
 
@@ -315,26 +320,22 @@ fn start_tls(
     // TLS is up and the engine relays with the smtpd directly: one process
     // and one copy less per byte.
     let handover = opts.handover;
-    let command = if handover { [chainmail_ucspi_tls::env::HANDOVER_COMMAND] } else { *b"Y" };
-    let info = match fd::write_all(&ctl, &command) {
-        Ok(()) => read_tls_info(&ctl, deadline, handover),
-        Err(_) => Vec::new(),
-    };
-    if info.is_empty() {
-        p.tls_failed();
-        if opts.verbosity >= 2 {
-            diag::info(format_args!("TLS handshake failed{}", remote()));
+    let command = if handover { Command::TlsWithHandover } else { Command::TlsWithInfo };
+    let info = match control::request_tls(&ctl, command, deadline) {
+        Ok(Some(info)) => info,
+        Ok(None) | Err(_) => {
+            p.tls_failed();
+            if opts.verbosity >= 2 {
+                diag::info(format_args!("TLS handshake failed{}", remote()));
+            }
+            return Ok(Ended::Proxy(End::TlsFailed));
         }
-        return Ok(Ended::Proxy(End::TlsFailed));
-    }
+    };
     p.tls_started();
     if opts.verbosity >= 2 {
-        let fields: Vec<String> = info
-            .split(|&b| b == 0)
-            .filter(|f| f.starts_with(b"SSL_PROTOCOL=") || f.starts_with(b"SSL_CIPHER="))
-            .map(|f| String::from_utf8_lossy(f).into_owned())
-            .collect();
-        diag::info(format_args!("TLS started: {}{}", fields.join(" "), remote()));
+        let protocol = info.protocol.as_deref().unwrap_or("?");
+        let cipher = info.cipher.as_deref().unwrap_or("?");
+        diag::info(format_args!("TLS started: SSL_PROTOCOL={protocol} SSL_CIPHER={cipher}{}", remote()));
     }
     debug_assert_eq!(p.status(), Status::Relay(Transport::Tls));
     let parts = p.into_relay();
@@ -351,7 +352,7 @@ fn start_tls(
         }
     }
     drop(ctl);
-    let relay = Relay::new(
+    let relay = ByteRelay::new(
         LegSpec { src: tls_read, dst: smtpd_in, leftover: parts.to_server },
         LegSpec { src: smtpd_out, dst: tls_write, leftover: parts.to_client },
     )?
@@ -374,35 +375,5 @@ fn hand_over(
         fd::set_nonblocking(smtpd_in, false)?;
         fd::write_all(smtpd_in, &parts.to_server)?;
     }
-    let idle_ms = opts.relay_timeout.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let message = chainmail_ucspi_tls::env::encode_handover(idle_ms, &parts.to_client);
-    fd::send_with_fds(ctl, &message, &[smtpd_in.as_fd(), smtpd_out.as_fd()])
-}
-
-/// Reads the connection information the UCSPI-TLS server sends after the
-/// handshake: up to its EOF, or, for a handover, up to the two NULs that
-/// end it (the engine keeps the socket open for the handover message).
-/// Empty means the handshake failed.
-fn read_tls_info(ctl: &OwnedFd, deadline: Deadline, handover: bool) -> Vec<u8> {
-    let mut info = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match wait_for(ctl, PollFlags::POLLIN, deadline) {
-            Ok(true) => {}
-            _ => return Vec::new(),
-        }
-        match fd::read(ctl, &mut buf) {
-            Ok(0) => return info,
-            Ok(n) => {
-                if info.len() < MAX_TLS_INFO {
-                    info.extend_from_slice(&buf[..n.min(MAX_TLS_INFO - info.len())]);
-                }
-                if handover && info.ends_with(b"\0\0") {
-                    return info;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return info,
-        }
-    }
+    control::send_handover(ctl, opts.relay_timeout, &parts.to_client, smtpd_in.as_fd(), smtpd_out.as_fd())
 }

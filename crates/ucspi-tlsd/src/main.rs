@@ -4,7 +4,7 @@
 //! network on fds 0 and 1. It forks: the parent execs prog with
 //! `SSLCTLFD`, `SSLREADFD` and `SSLWRITEFD` in its environment; the child
 //! is the TLS engine, which loads the key material, drops privileges and
-//! waits for prog to write `y` or `Y` on the control socket. See
+//! waits for prog to write `y`, `Y` or `H` on the control socket. See
 //! `doc/ucspi-tlsd.md`.
 #![forbid(unsafe_code)]
 
@@ -14,10 +14,13 @@ mod session;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ExitCode;
 
-use chainmail_sys::process::{self, EnvChanges, Forked, PrivError};
+use chainmail_sys::cli::{self, SysError, sys};
+use chainmail_sys::process::{self, EnvChanges, Forked, PrivError, TlsIds};
 use chainmail_sys::{Deadline, diag, fd, net};
 use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
+use chainmail_ucspi_tls::control::{self, Command, ControlError, EngineControl};
 use chainmail_ucspi_tls::env;
 use thiserror::Error;
 
@@ -31,16 +34,16 @@ enum Error {
     Usage(String),
     #[error("file descriptors 0 and 1 must be open (the network connection)")]
     NoNetwork,
-    #[error("invalid control byte {0:#04x} (expected y or Y)")]
-    ControlByte(u8),
+    #[error("{0}")]
+    Control(#[from] ControlError),
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("unable to set up the TLS engine: {0}")]
     Setup(#[source] chainmail_tls::rustls::Error),
     #[error("unable to drop privileges: {0}")]
     Privileges(#[from] PrivError),
-    #[error("unable to {what}: {source}")]
-    Sys { what: &'static str, source: io::Error },
+    #[error(transparent)]
+    Sys(#[from] SysError),
     #[error("unable to exec {prog}: {source}")]
     Exec { prog: String, source: io::Error },
     #[error("TLS handshake failed: {0}")]
@@ -53,58 +56,56 @@ enum Error {
     FlushTimeout,
 }
 
-impl Error {
+/// A variable the options need is missing, or the key material is
+/// unreadable or invalid (s6-ucspitlsd's code).
+const EXIT_TLS_CONFIG: u8 = 96;
+/// The TLS engine could not be set up from valid material.
+const EXIT_TLS_SETUP: u8 = 97;
+/// The handshake or the session failed at the TLS level.
+const EXIT_TLS_RUNTIME: u8 = 98;
+
+impl cli::Failure for Error {
     /// The exit status: the one place where errors become numbers.
-    fn exit_code(&self) -> i32 {
+    fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::NoNetwork | Error::ControlByte(_) => 100,
-            Error::Config(e) if e.is_engine_setup() => 97,
-            Error::Config(_) => 96,
-            Error::Setup(_) => 97,
-            Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => 98,
-            Error::Tls(e) if e.is_tls() => 98,
-            Error::Tls(_) | Error::Privileges(_) | Error::Sys { .. } | Error::Exec { .. } => 111,
+            Error::Usage(_) | Error::NoNetwork | Error::Control(ControlError::UnknownCommand(_)) => cli::EXIT_USAGE,
+            Error::Privileges(e) if e.is_config() => cli::EXIT_USAGE,
+            Error::Config(e) if e.is_engine_setup() => EXIT_TLS_SETUP,
+            Error::Config(_) => EXIT_TLS_CONFIG,
+            Error::Setup(_) => EXIT_TLS_SETUP,
+            Error::Handshake(_) | Error::HandshakeTimeout | Error::FlushTimeout => EXIT_TLS_RUNTIME,
+            Error::Tls(e) if e.is_tls() => EXIT_TLS_RUNTIME,
+            Error::Tls(_) | Error::Control(_) | Error::Privileges(_) | Error::Sys(_) | Error::Exec { .. } => {
+                cli::EXIT_TEMPORARY
+            }
         }
+    }
+
+    fn usage(&self) -> Option<&'static str> {
+        matches!(self, Error::Usage(_)).then_some(options::USAGE)
     }
 }
 
-fn sys(what: &'static str) -> impl FnOnce(io::Error) -> Error {
-    move |source| Error::Sys { what, source }
-}
-
-fn main() {
+fn main() -> ExitCode {
     diag::set_program("ucspi-tlsd");
     diag::abort_on_panic();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let config = match options::parse(args) {
         Ok(c) => c,
-        Err(reason) => {
-            diag::fatal(format_args!("{reason}"));
-            let _ = io::Write::write_all(
-                &mut io::stderr().lock(),
-                format!("ucspi-tlsd: usage: {}\n", options::USAGE).as_bytes(),
-            );
-            std::process::exit(Error::Usage(reason).exit_code());
-        }
+        Err(reason) => return cli::finish::<Error>(Err(Error::Usage(reason)), false),
     };
-    let code = match run(&config) {
-        Ok(()) => 0,
-        Err(e) => {
-            if config.verbosity >= 1 {
-                diag::fatal(format_args!("{e}"));
-            }
-            e.exit_code()
-        }
-    };
-    std::process::exit(code);
+    // Both processes, prog (if its exec fails) and the engine, end here.
+    cli::finish(run(&config).map(|()| cli::EXIT_OK), config.verbosity == 0)
 }
 
 /// Checks, forks, and becomes either prog (no return on success) or the
 /// TLS engine (returns when the session is over).
 fn run(config: &Config) -> Result<(), Error> {
-    if !fd::is_open(0) || !fd::is_open(1) {
+    if !fd::is_inherited(0) || !fd::is_inherited(1) {
         return Err(Error::NoNetwork);
     }
+    // A half-configured drop stops everything before the first session.
+    let tls_ids = TlsIds::from_env()?;
     let tls_env = TlsEnv::from_env();
     tls_env.check(config.sni, config.client_auth)?;
 
@@ -120,7 +121,7 @@ fn run(config: &Config) -> Result<(), Error> {
         }
         Forked::Child => {
             drop((to_app_r, from_app_w, ctl_app));
-            engine(config, &tls_env, ctl_engine, from_app_r, to_app_w)
+            engine(config, &tls_env, tls_ids, ctl_engine, from_app_r, to_app_w)
         }
     }
 }
@@ -134,42 +135,37 @@ fn exec_prog(config: &Config, ctl: OwnedFd, read: OwnedFd, write: OwnedFd) -> Re
         fd::set_cloexec(fd, false).map_err(sys("clear close-on-exec"))?;
         changes.set(name, fd.as_raw_fd().to_string());
     }
-    // This engine takes handovers (`H`, see chainmail_ucspi_tls::env).
+    // This engine takes handovers (`H`, see chainmail_ucspi_tls::control).
     changes.set(env::HANDOVER_VAR, "1");
     let source = process::exec(&config.prog, &changes);
     Err(Error::Exec { prog: config.prog[0].to_string_lossy().into_owned(), source })
 }
 
 /// The TLS engine: the child of prog.
-fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w: OwnedFd) -> Result<(), Error> {
+fn engine(
+    config: &Config,
+    tls_env: &TlsEnv,
+    tls_ids: Option<TlsIds>,
+    ctl: OwnedFd,
+    app_r: OwnedFd,
+    app_w: OwnedFd,
+) -> Result<(), Error> {
     let notice = |args: std::fmt::Arguments<'_>| {
         if config.verbosity >= 2 {
             diag::info(args);
         }
     };
     let server_config = tls_env.server_config(config.sni, config.client_auth)?;
-    process::drop_to_tls_ids()?;
+    // The keys are loaded: nothing more needs root.
+    if let Some(ids) = tls_ids {
+        ids.drop_privileges()?;
+    }
 
     // The control socket: its other end lives as long as prog (or until
     // prog closes it), so this blocking read is bounded by prog's life.
-    let mut byte = [0u8; 1];
-    if fd::read(&ctl, &mut byte).map_err(sys("read from the control socket"))? == 0 {
+    let Some(control) = EngineControl::read_command(ctl)? else {
         notice(format_args!("application declined TLS"));
         return Ok(());
-    }
-    // `Y` and `H` want the connection information back; `H` then hands
-    // descriptors over on the same socket, so it stays open for reading.
-    let (ctl, handover) = match byte[0] {
-        b'y' => {
-            drop(ctl);
-            (None, false)
-        }
-        b'Y' => {
-            net::shutdown_read(&ctl).map_err(sys("shut down the control socket"))?;
-            (Some(ctl), false)
-        }
-        env::HANDOVER_COMMAND => (Some(ctl), true),
-        other => return Err(Error::ControlByte(other)),
     };
 
     // prog no longer uses the network: it is ours, and non-blocking.
@@ -180,6 +176,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     }
     net::set_nodelay(&net_w);
 
+    let control_command = control.command();
     let mut engine = Engine::new(server_config, config.policy).map_err(Error::Setup)?;
     let mut session = Session::new(net_r, net_w, app_r, app_w);
     let deadline = Deadline::after_millis_or_never(config.handshake_timeout_ms);
@@ -188,7 +185,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         return Err(match e {
             HandshakeError::Engine(e) => Error::Handshake(e),
             HandshakeError::Timeout => Error::HandshakeTimeout,
-            HandshakeError::Poll(e) => Error::Sys { what: "poll", source: e },
+            HandshakeError::Poll(e) => Error::Sys(SysError { what: "poll", source: e }),
         });
     }
 
@@ -202,22 +199,15 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         notice(format_args!("TLS handshake done: {protocol} {cipher} sni={sni}"));
     }
     let mut idle = None;
-    if let Some(ctl) = ctl {
-        fd::write_all(&ctl, &info.encode()).map_err(sys("write to the control socket"))?;
-        if handover {
-            match receive_handover(&ctl) {
-                Some((idle_ms, to_client, app_r, app_w)) => {
-                    // From here on the engine relays with what is behind the
-                    // new descriptors (the smtpd) and the proxy is gone.
-                    session.replace_app(app_r, app_w).map_err(sys("take the handed-over descriptors"))?;
-                    engine.queue_app_data(&to_client);
-                    idle = (idle_ms > 0).then(|| std::time::Duration::from_millis(idle_ms));
-                    notice(format_args!("the application handed its descriptors over"));
-                }
-                None => notice(format_args!("no handover: relaying through SSLREADFD and SSLWRITEFD")),
-            }
-        }
-        drop(ctl);
+    if let Some(handover) = control.finish(&info.record(), control::HANDOVER_WAIT)? {
+        // From here on the engine relays with what is behind the new
+        // descriptors (the smtpd) and the proxy is gone.
+        session.replace_app(handover.from_app, handover.to_app).map_err(sys("take the handed-over descriptors"))?;
+        engine.queue_app_data(&handover.to_client);
+        idle = handover.idle;
+        notice(format_args!("the application handed its descriptors over"));
+    } else if control_command == Command::TlsWithHandover {
+        notice(format_args!("no handover: relaying through SSLREADFD and SSLWRITEFD"));
     }
 
     session.resume_app();
@@ -243,27 +233,10 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
         return Err(match e {
             RelayError::Engine(e) => Error::Tls(e),
             RelayError::FlushTimeout => Error::FlushTimeout,
-            RelayError::Poll(e) => Error::Sys { what: "poll", source: e },
+            RelayError::Poll(e) => Error::Sys(SysError { what: "poll", source: e }),
             RelayError::Idle => unreachable!("handled above"),
         });
     }
     session.drain();
     Ok(())
-}
-
-/// The handover message after `H` (chainmail_ucspi_tls::env): the relay's idle
-/// timeout, the bytes for the client, and two descriptors (where the
-/// client's plaintext goes, where plaintext for the client comes from).
-/// `None` when the application closes the socket without one, or does not
-/// send it within 10 seconds: the ordinary relay goes on.
-fn receive_handover(ctl: &OwnedFd) -> Option<(u64, Vec<u8>, OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
-    use nix::sys::time::{TimeVal, TimeValLike};
-    setsockopt(ctl, ReceiveTimeout, &TimeVal::seconds(10)).ok()?;
-    let (message, mut fds) = fd::recv_with_fds(ctl, 1 << 20, 2).ok()?;
-    let (idle_ms, to_client) = env::decode_handover(&message)?;
-    let to_client = to_client.to_vec();
-    let from_app = fds.pop()?;
-    let to_app = fds.pop()?;
-    Some((idle_ms, to_client, from_app, to_app))
 }

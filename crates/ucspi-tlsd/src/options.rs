@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 
+use chainmail_sys::cli;
 use chainmail_tls::{ClientAuth, Policy, SniLevel};
 
 /// The usage line, after `ucspi-tlsd: usage: `.
@@ -51,7 +52,9 @@ pub fn parse_raw(args: impl IntoIterator<Item = OsString>) -> Result<RawArgs, le
     while let Some(arg) = p.next()? {
         match arg {
             Short('v') | Long("verbosity") => raw.verbosity = Some(p.value()?.parse()?),
-            Short('K') | Long("handshake-timeout") => raw.handshake_timeout_ms = Some(p.value()?.parse()?),
+            Short('K') | Long("handshake-timeout") => {
+                raw.handshake_timeout_ms = Some(cli::milliseconds(&p.value()?, "handshake timeout")?)
+            }
             Short('Z') | Long("keep") => raw.keep_env = Some(true),
             Short('z') | Long("no-keep") => raw.keep_env = Some(false),
             Short('Y') | Long("client-cert") => raw.client_auth = Some(ClientAuth::Optional),
@@ -194,6 +197,9 @@ mod tests {
             &["-v"],
             &["-v", "x", "prog"],
             &["-K", "-5", "prog"],
+            // Absurd timeouts are refused, not overflowed.
+            &["-K", "18446744073709551615", "prog"],
+            &["-K", "604800001", "prog"],
             &["-k", "one", "prog"],
             &["-q", "prog"],
             &["--what", "prog"],

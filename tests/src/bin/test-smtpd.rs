@@ -54,9 +54,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use chainmail_sys::Deadline;
+use chainmail_sys::{Deadline, cli, diag};
 use nix::poll::{PollFd, PollFlags};
 
 const BUF_SIZE: usize = 64 * 1024;
@@ -519,21 +520,35 @@ fn linger(mut input: Input, out: Output) -> io::Result<i32> {
     }
 }
 
-fn main() {
-    let code = match serve() {
-        Ok(c) => c,
+/// An I/O error that ends the session (exit 111).
+#[derive(Debug)]
+struct Fatal(io::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unable to serve the session: {}", self.0)
+    }
+}
+
+impl cli::Failure for Fatal {
+    fn exit_code(&self) -> u8 {
+        cli::EXIT_TEMPORARY
+    }
+}
+
+fn main() -> ExitCode {
+    diag::set_program("test-smtpd");
+    let result = match serve() {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             let mut o = io::stdout().lock();
             let _ = o.write_all(b"421 4.4.2 test.smtpd idle timeout\r\n");
             let _ = o.flush();
-            1
+            Ok(1)
         }
-        Err(e) => {
-            eprintln!("test-smtpd: fatal: {e}");
-            111
-        }
+        Ok(code) => Ok(u8::try_from(code).unwrap_or(cli::EXIT_TEMPORARY)),
+        Err(e) => Err(Fatal(e)),
     };
-    std::process::exit(code);
+    cli::finish(result, false)
 }
 
 #[cfg(test)]
