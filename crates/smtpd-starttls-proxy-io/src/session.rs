@@ -9,12 +9,11 @@ use std::time::Duration;
 use chainmail_smtp::proxy::{End, Proxy, RelayParts, Status, Transport};
 use chainmail_sys::fd;
 use chainmail_sys::net;
-use chainmail_sys::poll::{self, Deadline};
+use chainmail_sys::poll::{self, Deadline, Interest, PollSet};
 use chainmail_sys::relay::{ByteRelay, LegSpec, RelayEnd};
 use chainmail_sys::{cli, diag};
 use chainmail_ucspi_tls::SslFds;
 use chainmail_ucspi_tls::control::{self, Command};
-use nix::poll::{PollFd, PollFlags};
 
 use crate::Options;
 
@@ -129,6 +128,7 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
     let mut p = Proxy::new(opts.proxy);
     let mut deadline = idle_deadline(opts.timeout);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut poll_set = PollSet::with_capacity(4);
     loop {
         if !flush_client(&mut p, &net_out) {
             return Ok(close(opts, End::ClientGone, p, net_in, net_out));
@@ -171,71 +171,68 @@ pub fn run(opts: &Options, fds: Fds) -> io::Result<Ended> {
             Status::Finished(end) => return Ok(close(opts, end, p, net_in, net_out)),
         }
 
-        let want_client = p.wants_client_input();
-        let want_server = p.wants_server_input();
-        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(4);
-        let mut slots: Vec<u8> = Vec::with_capacity(4);
-        if want_client {
-            pfds.push(PollFd::new(net_in.as_fd(), PollFlags::POLLIN));
-            slots.push(b'c');
+        let mut round = poll_set.round();
+        if p.wants_client_input() {
+            round.register(net_in.as_fd(), Interest::Read, Slot::ClientIn);
         }
         if !p.client_output().is_empty() {
-            pfds.push(PollFd::new(net_out.as_fd(), PollFlags::POLLOUT));
-            slots.push(b'C');
+            round.register(net_out.as_fd(), Interest::Write, Slot::ClientOut);
         }
-        if want_server {
-            pfds.push(PollFd::new(smtpd_out.as_fd(), PollFlags::POLLIN));
-            slots.push(b's');
+        if p.wants_server_input() {
+            round.register(smtpd_out.as_fd(), Interest::Read, Slot::ServerIn);
         }
         if let Some(w) = &smtpd_in {
             if !p.server_output().is_empty() {
-                pfds.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
-                slots.push(b'S');
+                round.register(w.as_fd(), Interest::Write, Slot::ServerOut);
             }
         }
-        if pfds.is_empty() {
+        if round.is_empty() {
             // Nothing can move any more: the session is over.
             return Ok(close(opts, End::Closed, p, net_in, net_out));
         }
-        if poll::wait(&mut pfds, deadline)? == 0 {
+        let ready = round.wait(deadline)?;
+        if ready.is_empty() {
             if opts.verbosity >= 2 {
                 diag::info(format_args!("timed out{}", remote()));
             }
             p.timed_out();
             continue;
         }
-        let ready: Vec<u8> = slots
-            .iter()
-            .zip(pfds.iter())
-            .filter(|(_, pfd)| pfd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(&s, _)| s)
-            .collect();
-        drop(pfds);
-        for slot in ready {
-            match slot {
-                b'c' => match fd::read(&net_in, &mut buf) {
-                    Ok(0) => p.client_closed(),
-                    Ok(n) => {
-                        p.client_data(&buf[..n]);
-                        deadline = idle_deadline(opts.timeout);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => p.client_closed(),
-                },
-                b's' => match fd::read(&smtpd_out, &mut buf) {
-                    Ok(0) => p.server_closed(),
-                    Ok(n) => {
-                        p.server_data(&buf[..n]);
-                        deadline = idle_deadline(opts.timeout);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => p.server_closed(),
-                },
+        for &(slot, _) in ready {
+            let (source, from_client) = match slot {
+                Slot::ClientIn => (&net_in, true),
+                Slot::ServerIn => (&smtpd_out, false),
                 // Writable: the flush at the top of the loop does it.
-                _ => {}
+                Slot::ClientOut | Slot::ServerOut => continue,
+            };
+            match fd::read(source, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(0) | Err(_) if from_client => p.client_closed(),
+                Ok(0) | Err(_) => p.server_closed(),
+                Ok(n) => {
+                    if from_client {
+                        p.client_data(&buf[..n]);
+                    } else {
+                        p.server_data(&buf[..n]);
+                    }
+                    deadline = idle_deadline(opts.timeout);
+                }
             }
         }
     }
+}
+
+/// What a descriptor of the proxy's poll set stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The client's commands (network input).
+    ClientIn,
+    /// Replies to the client (network output).
+    ClientOut,
+    /// The smtpd's replies.
+    ServerIn,
+    /// Commands to the smtpd.
+    ServerOut,
 }
 
 fn relay_outcome(end: RelayEnd) -> Ended {
@@ -243,12 +240,6 @@ fn relay_outcome(end: RelayEnd) -> Ended {
         RelayEnd::Finished => Ended::Relayed,
         RelayEnd::IdleTimeout => Ended::RelayIdle,
     }
-}
-
-/// Waits until `fd` is ready for `events` or the deadline passes.
-fn wait_for(f: &OwnedFd, events: PollFlags, deadline: Deadline) -> io::Result<bool> {
-    let mut pfds = [PollFd::new(f.as_fd(), events)];
-    Ok(poll::wait(&mut pfds, deadline)? > 0)
 }
 
 /// Writes all of the client's output, waiting at most until `deadline`.
@@ -260,8 +251,8 @@ fn flush_client_fully(p: &mut Proxy, net_out: &OwnedFd, deadline: Deadline) -> b
         if p.client_output().is_empty() {
             return true;
         }
-        match wait_for(net_out, PollFlags::POLLOUT, deadline) {
-            Ok(true) => {}
+        match poll::wait_one(net_out.as_fd(), Interest::Write, deadline) {
+            Ok(Some(_)) => {}
             _ => return false,
         }
     }
