@@ -1581,3 +1581,58 @@ fn remote_io_under_tcpclient() {
     assert_eq!(out.code(), Some(10), "4xx greeting: next address\n{}", out.describe());
     assert_eq!(parse_records(&out.stdout).map(|r| r.len()).ok(), Some(1));
 }
+
+// ============================================ replies ahead of commands
+
+/// A one-connection server on 127.0.0.1 that follows `script`: for each
+/// entry it reads one command line (none for the first, the greeting) and
+/// writes the reply bytes as they are. Then it reads until EOF. The thread
+/// returns every line it got. Every read is bounded (30 s).
+fn scripted_server(script: Vec<&'static str>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().expect("accept");
+        sock.set_read_timeout(Some(secs(30))).expect("timeout");
+        let mut writer = sock.try_clone().expect("clone");
+        let mut reader = BufReader::new(sock);
+        let mut got = Vec::new();
+        let mut read_line = |got: &mut Vec<String>| -> bool {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => false,
+                Ok(_) => {
+                    got.push(line.trim_end().to_owned());
+                    true
+                }
+            }
+        };
+        for (i, reply) in script.iter().enumerate() {
+            if i > 0 && !read_line(&mut got) {
+                return got;
+            }
+            if writer.write_all(reply.as_bytes()).is_err() {
+                return got;
+            }
+        }
+        while read_line(&mut got) {}
+        got
+    });
+    (port, handle)
+}
+
+#[test]
+fn replies_ahead_of_commands_are_z_and_the_body_is_never_sent() {
+    let (_dir, home) = setup("early_replies");
+    // Without PIPELINING, MAIL is answered with its reply and those of the
+    // RCPT and DATA not sent yet.
+    let (port, server) =
+        scripted_server(vec!["220 early.test ESMTP\r\n", "250 early.test\r\n", "250 ok\r\n250 ok\r\n354 go ahead\r\n"]);
+    home.route_to(LO, port);
+    let message = b"Subject: early\n\nRCPT TO:<smuggled@evil.test>\nQUIT\n";
+    let r = home.deliver(&[], &["example.test", SENDER, RCPT], message);
+    r.expect("Z", 'Z').expect_text_contains("broke the SMTP protocol").expect_text_lacks("Possible duplicate");
+    let got = server.join().expect("server thread");
+    assert_eq!(got, ["EHLO me.test", "MAIL FROM:<a@sender.test>"], "the server got more than MAIL\n{}", r.describe());
+}
