@@ -1636,3 +1636,38 @@ fn replies_ahead_of_commands_are_z_and_the_body_is_never_sent() {
     let got = server.join().expect("server thread");
     assert_eq!(got, ["EHLO me.test", "MAIL FROM:<a@sender.test>"], "the server got more than MAIL\n{}", r.describe());
 }
+
+// ============================ ESMTP parameters smuggled through a domain
+
+#[test]
+fn envelope_parameters_smuggled_through_a_domain_are_refused() {
+    let (_dir, home, peer) = aio_routed("envelope_smuggled", &AioOpts { pipelining: true, ..AioOpts::default() });
+    // A bad sender: D, and nothing reaches the server (not even a
+    // connection).
+    for sender in ["x@evil.example> AUTH=<>", "x@evil.example> SIZE=1", "x@[192.0.2.1] AUTH=<>", "x@a b"] {
+        let r = home.deliver(&[], &["example.test", sender, RCPT], MSG);
+        r.expect("D", 'D')
+            .expect_text_starts("Sorry, the sender address is invalid: ")
+            .expect_text_contains("neither a domain name nor an address literal")
+            .expect_text_contains("(#5.1.7)");
+    }
+    assert_eq!(peer.connects(), 0, "{}", peer.describe());
+    assert!(peer.commands("MAIL").is_empty());
+
+    // A bad recipient among good ones: h in its place, the others
+    // delivered, and no RCPT for it.
+    let bad = "y@evil.example> NOTIFY=NEVER ORCPT=rfc822;y";
+    let r = home.deliver(&[], &["example.test", SENDER, RCPT, bad, "c@example.test"], MSG);
+    r.expect("rhrK", 'K');
+    assert!(r.text_of(1).starts_with("Sorry, this recipient address is invalid: "), "{}", r.describe());
+    assert!(r.text_of(1).ends_with("(#5.1.3)\n"), "{}", r.describe());
+    assert_eq!(peer.commands("RCPT"), ["RCPT TO:<b@example.test>", "RCPT TO:<c@example.test>"], "{}", peer.describe());
+    assert_eq!(peer.messages()[0].all("rcpt"), [RCPT, "c@example.test"]);
+
+    // As qmail-rspawn calls it, one recipient: hD, a bounce for it, and
+    // no transaction.
+    let r = home.deliver(&[], &["example.test", SENDER, bad], MSG);
+    r.expect("hD", 'D');
+    assert_eq!(peer.commands("MAIL").len(), 1, "{}", peer.describe());
+    assert_eq!(peer.commands("RCPT").len(), 2, "{}", peer.describe());
+}
