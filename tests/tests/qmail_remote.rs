@@ -1671,3 +1671,100 @@ fn envelope_parameters_smuggled_through_a_domain_are_refused() {
     assert_eq!(peer.commands("MAIL").len(), 1, "{}", peer.describe());
     assert_eq!(peer.commands("RCPT").len(), 2, "{}", peer.describe());
 }
+
+// ================================================ which qmail home
+
+/// Installs copies of qmail-remote (and of qmail-remote-io when `io`) in
+/// `<home>/bin`, as `install.sh --qmail` does; returns qmail-remote's path.
+fn install_into(home: &Home, io: bool) -> std::path::PathBuf {
+    let bin_dir = home.path.join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("create bin");
+    let mut names = vec!["qmail-remote"];
+    if io {
+        names.push("qmail-remote-io");
+    }
+    for name in names {
+        std::fs::copy(chainmail_tests::bin(name), bin_dir.join(name)).expect("copy the program");
+    }
+    bin_dir.join("qmail-remote")
+}
+
+/// `<home>/queue/mess`, where qmail-rspawn runs qmail-remote.
+fn queue_mess(home: &Home) -> std::path::PathBuf {
+    let d = home.path.join("queue/mess");
+    std::fs::create_dir_all(&d).expect("create queue/mess");
+    d
+}
+
+fn args3() -> [&'static [u8]; 3] {
+    [b"example.test", SENDER.as_bytes(), RCPT.as_bytes()]
+}
+
+#[test]
+fn home_from_the_working_directory_or_the_program_and_never_a_guess() {
+    let (dir, home) = setup("home_a");
+    let peer = Aiosmtpd::start(&dir, &AioOpts::default());
+    home.route_to(peer.ip, peer.port);
+    let (dir_b, other) = setup("home_b");
+    let other_peer = Aiosmtpd::start(&dir_b, &AioOpts::default());
+    other.route_to(other_peer.ip, other_peer.port);
+    let copy = install_into(&home, true);
+    let built = chainmail_tests::bin("qmail-remote");
+    let root = std::path::Path::new("/");
+    let run = |program: &std::path::Path, cwd: &std::path::Path, env: &[(&str, &str)]| {
+        home.run_program(program, cwd, env, &args3(), MSG, secs(60))
+    };
+
+    // The working directory qmail-rspawn gives, the program elsewhere
+    // (target/debug: not a qmail home).
+    run(&built, &queue_mess(&home), &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 1, "cwd only");
+    // The program in <home>/bin, run from /.
+    run(&copy, root, &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 2, "program only");
+    // Both, agreeing.
+    run(&copy, &queue_mess(&home), &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 3, "both");
+    // QMAILHOME wins over both.
+    let other_home = other.path.display().to_string();
+    run(&copy, &queue_mess(&home), &[("QMAILHOME", &other_home)]).expect("rK", 'K');
+    assert_eq!((peer.messages().len(), other_peer.messages().len()), (3, 1), "QMAILHOME");
+
+    // Disagreeing: the program of one home run in the queue of another.
+    // Neither home's routes are used, nothing is sent.
+    let r = run(&copy, &queue_mess(&other), &[]);
+    r.expect("Z", 'Z')
+        .expect_text_starts("Unable to find the qmail home: ")
+        .expect_text_contains(&other.path.canonicalize().expect("canonical").display().to_string())
+        .expect_text_contains("(#4.3.0)");
+    assert_eq!((peer.connects(), other_peer.connects()), (3, 1), "{}\n{}", peer.describe(), other_peer.describe());
+}
+
+#[test]
+fn a_missing_or_unusable_qmail_remote_io_is_z_before_any_connection() {
+    let (dir, home) = setup("io_missing");
+    let peer = Aiosmtpd::start(&dir, &AioOpts::default());
+    home.route_to(peer.ip, peer.port);
+    let copy = install_into(&home, false);
+    let io = home.path.join("bin/qmail-remote-io");
+    let cases: [(&str, Option<u32>); 3] =
+        [("missing", None), ("not executable", Some(0o644)), ("a directory", Some(0))];
+    for (what, mode) in cases {
+        let _ = std::fs::remove_file(&io);
+        let _ = std::fs::remove_dir(&io);
+        match mode {
+            None => {}
+            Some(0) => std::fs::create_dir(&io).expect("mkdir"),
+            Some(m) => {
+                std::fs::copy(chainmail_tests::bin("qmail-remote-io"), &io).expect("copy");
+                std::fs::set_permissions(&io, std::os::unix::fs::PermissionsExt::from_mode(m)).expect("chmod");
+            }
+        }
+        let r = home.run_program(&copy, &queue_mess(&home), &[], &args3(), MSG, secs(60));
+        r.expect("Z", 'Z')
+            .expect_text_starts("Unable to run qmail-remote-io: ")
+            .expect_text_contains("nothing was sent")
+            .expect_text_lacks("may have been delivered");
+        assert_eq!(peer.connects(), 0, "{what}: {}", peer.describe());
+    }
+}

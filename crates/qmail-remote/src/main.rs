@@ -188,10 +188,26 @@ fn run(args: &[OsString]) -> Vec<u8> {
     if let Err(report) = check_envelope(sender, recipients) {
         return report;
     }
-    let home = chainmail_qmail::control::qmail_home_from_env();
+    let home = match chainmail_qmail::home::qmail_home_of_process() {
+        Ok(h) => h,
+        Err(e) => {
+            return report_of(Final::custom(
+                Verdict::Deferred,
+                format!("Unable to find the qmail home: {e}. (#4.3.0)\n").as_bytes(),
+            ));
+        }
+    };
     if std::env::set_current_dir(&home).is_err() {
         return report_of(Final::no_home());
     }
+    // Before any DNS query or connection.
+    let program = match attempt::io_program() {
+        Ok(p) => p,
+        Err(why) => {
+            let text = format!("Unable to run qmail-remote-io: {why}; nothing was sent. (#4.3.0)\n");
+            return report_of(Final::custom(Verdict::Deferred, text.as_bytes()));
+        }
+    };
     let control = match Control::load(&home) {
         Ok(c) => c,
         Err(_) => return report_of(Final::unreadable_control()),
@@ -204,7 +220,6 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(t) => t,
         Err(f) => return report_of(f),
     };
-    let program = attempt::io_program();
     let job = Job { control: &control, facts, sender, recipients, program: &program };
     deliver(&job, &targets)
 }
