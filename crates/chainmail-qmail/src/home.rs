@@ -118,7 +118,8 @@ mod tests {
     #[test]
     fn choice() {
         let (a, b) = (Some(p("/a")), Some(p("/b")));
-        let cases: &[(Option<&str>, Option<PathBuf>, Option<PathBuf>, Result<PathBuf, HomeError>)] = &[
+        type Case = (Option<&'static str>, Option<PathBuf>, Option<PathBuf>, Result<PathBuf, HomeError>);
+        let cases: &[Case] = &[
             (Some("/env"), a.clone(), b.clone(), Ok(p("/env"))),
             (Some(""), None, None, Ok(p("/var/qmail"))),
             (None, None, None, Ok(p("/var/qmail"))),
