@@ -1768,3 +1768,148 @@ fn a_missing_or_unusable_qmail_remote_io_is_z_before_any_connection() {
         assert_eq!(peer.connects(), 0, "{what}: {}", peer.describe());
     }
 }
+
+// ============================================ DNS and connection limits
+
+/// Listeners on port 25 of `n` random 127.0.0.0/8 addresses that answer
+/// every connection with a 421 greeting (qmail-remote goes on to the next
+/// address) and count them.
+struct CountingListeners {
+    addrs: Vec<Ipv4Addr>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingListeners {
+    fn start(n: usize) -> CountingListeners {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        while listeners.len() < n {
+            let ip = random_loopback();
+            if addrs.contains(&ip) {
+                continue;
+            }
+            // Another test may hold this address's port 25: take another.
+            if let Ok(l) = std::net::TcpListener::bind((ip, 25)) {
+                l.set_nonblocking(true).expect("nonblocking");
+                listeners.push(l);
+                addrs.push(ip);
+            }
+        }
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for l in &listeners {
+                    if let Ok((mut sock, _)) = l.accept() {
+                        idle = false;
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let _ = std::io::Write::write_all(&mut sock, b"421 4.3.2 busy\r\n");
+                    }
+                }
+                if idle {
+                    // Polling the nonblocking listeners; qmail-remote waits
+                    // for the greeting, so nothing is missed.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        CountingListeners { addrs, count, stop, thread: Some(thread) }
+    }
+
+    fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingListeners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The queries the DNS server got, without the TCP repetitions of
+/// truncated UDP answers.
+fn udp_queries(dns: &Dns) -> usize {
+    dns.queries().lines().filter(|l| l.starts_with("udp ")).count()
+}
+
+/// Runs qmail-remote under `/usr/bin/time`; returns the report and the
+/// peak RSS in KiB.
+fn deliver_measured(home: &Home, env: &[(&str, &str)], args: &[&str]) -> (Report, u64) {
+    let rss_file = home.path.join("rss");
+    let qmail_home = home.path.display().to_string();
+    let program = chainmail_tests::bin("qmail-remote");
+    let mut argv: Vec<&[u8]> = vec![b"-f", b"%M", b"-o", rss_file.as_os_str().as_encoded_bytes()];
+    argv.push(program.as_os_str().as_encoded_bytes());
+    argv.extend(args.iter().map(|a| a.as_bytes()));
+    let mut env = env.to_vec();
+    env.push(("QMAILHOME", &qmail_home));
+    let r =
+        home.run_program(std::path::Path::new("/usr/bin/time"), std::path::Path::new("/"), &env, &argv, MSG, secs(60));
+    let rss = std::fs::read_to_string(&rss_file).expect("time's output");
+    (r, rss.trim().parse().unwrap_or_else(|_| panic!("time said {rss:?}")))
+}
+
+#[test]
+fn limits_thousands_of_mx_records_cost_a_bounded_number_of_queries() {
+    let (dir, home) = setup("limits_many_mx");
+    let sink = SmtpSink::start_25(&dir, &[]);
+    // 2500 exchangers (about what fits in one DNS message), the best one the
+    // sink; the others with addresses where nothing listens.
+    let mut zone = String::new();
+    for i in 0..2500 {
+        zone.push_str(&format!("big.test MX {} m{i}.big.test\n", 10 + i));
+        zone.push_str(&format!("m{i}.big.test A 192.0.2.{}\n", 1 + i % 250));
+    }
+    zone.push_str(&format!("m0.big.test A {}\n", sink.ip));
+    let zone = zone.replacen("m0.big.test A 192.0.2.1\n", "", 1);
+    let dns = Dns::start(&dir, &zone);
+    let (r, rss_kib) = deliver_measured(&home, &dns_env(&dns), &["big.test", SENDER, "b@big.test"]);
+    r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", sink.ip));
+    let queries = udp_queries(&dns);
+    // One MX query, then A and AAAA for at most 10 exchangers.
+    assert!(queries <= 1 + 2 * 10, "{queries} queries:\n{}", dns.queries());
+    assert!(rss_kib < 24 * 1024, "peak RSS {rss_kib} KiB");
+}
+
+#[test]
+fn limits_many_addresses_per_mx_bounded_connection_attempts() {
+    let (dir, home) = setup("limits_many_addresses");
+    let listeners = CountingListeners::start(64);
+    // 60 exchangers of one preference, each with 1000 A records drawn from
+    // the 64 listeners (in a different order for each).
+    let mut zone = String::new();
+    for i in 0..60 {
+        zone.push_str(&format!("many.test MX 10 m{i}.many.test\n"));
+        for j in 0..1000 {
+            zone.push_str(&format!("m{i}.many.test A {}\n", listeners.addrs[(i * 7 + j) % 64]));
+        }
+    }
+    for j in 0..1000 {
+        zone.push_str(&format!("relay.test A {}\n", listeners.addrs[j % 64]));
+    }
+    let dns = Dns::start(&dir, &zone);
+    let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
+    r.expect("Z", 'Z')
+        .expect_text_starts(NO_CONNECTION)
+        .expect_text_contains("more addresses were not tried: qmail-remote makes at most 10 connections per delivery")
+        .expect_text_contains("50 more mail exchangers were ignored");
+    assert_eq!(listeners.connections(), 10, "connection attempts");
+    let queries = udp_queries(&dns);
+    assert!(queries <= 1 + 2 * 10, "{queries} queries:\n{}", dns.queries());
+
+    // A relay with 1000 addresses: the first 4 are tried.
+    home.control("smtproutes", ":relay.test:25\n");
+    let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
+    r.expect("Z", 'Z')
+        .expect_text_contains("60 more addresses were ignored: qmail-remote uses at most 4 of each family");
+    assert_eq!(listeners.connections(), 10 + 4, "connection attempts to the relay");
+}
