@@ -1913,3 +1913,15 @@ fn limits_many_addresses_per_mx_bounded_connection_attempts() {
         .expect_text_contains("60 more addresses were ignored: qmail-remote uses at most 4 of each family");
     assert_eq!(listeners.connections(), 10 + 4, "connection attempts to the relay");
 }
+
+#[test]
+fn literal_destination_needs_no_dns_at_all() {
+    let (dir, home) = setup("literal_no_dns");
+    let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
+    // A DNSCACHEIP that no resolver could be built from: a literal host
+    // must not need one.
+    let host = format!("[{}]", peer.ip);
+    let r = home.deliver(&[("DNSCACHEIP", "not-an-address")], &[&host, SENDER, &format!("b@{host}")], MSG);
+    r.expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 1);
+}

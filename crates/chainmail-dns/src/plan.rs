@@ -52,6 +52,16 @@ pub struct Exchanger {
     pub source: Source,
 }
 
+impl Exchanger {
+    /// The one exchanger of an address literal (`1.2.3.4`, `[1.2.3.4]`,
+    /// `[IPv6:…]`, see [`parse_literal`]): preference 0, no DNS. `None` if
+    /// `host` is not a literal.
+    pub fn literal(host: &str) -> Option<Exchanger> {
+        let ip = parse_literal(host)?;
+        Some(Exchanger { name: host.to_owned(), pref: 0, addrs: vec![ip], source: Source::Literal })
+    }
+}
+
 /// Where an [`Exchanger`] comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -140,8 +140,9 @@ impl Resolver {
     /// kept. `None`: no overall bound, but each query gives up after
     /// [`ATTEMPTS_WITHOUT_DEADLINE`] attempts.
     pub fn plan_mx(&self, host: &str, deadline: Option<Instant>) -> Result<Vec<Exchanger>, DnsError> {
-        if let Some(ip) = plan::parse_literal(host) {
-            return Ok(vec![Exchanger { name: host.to_owned(), pref: 0, addrs: vec![ip], source: Source::Literal }]);
+        if let Some(literal) = Exchanger::literal(host) {
+            self.cut.set(Cut::default());
+            return Ok(vec![literal]);
         }
         let name = plan::to_fqdn(host)?;
         let pool = self.pool.clone();

@@ -110,11 +110,18 @@ pub fn plan(host: &[u8], control: &Control) -> Result<(Vec<Target>, Cut), Final>
             Ok((out, cut))
         }
         None => {
-            let resolver = resolver()?;
-            let exchangers = resolver.plan_mx(host_str, deadline).map_err(|e| dns_failure(host_str, &e))?;
+            // An address literal needs no DNS, not even a resolver.
+            let (exchangers, cut) = match Exchanger::literal(host_str) {
+                Some(literal) => (vec![literal], Cut::default()),
+                None => {
+                    let resolver = resolver()?;
+                    let exchangers = resolver.plan_mx(host_str, deadline).map_err(|e| dns_failure(host_str, &e))?;
+                    (exchangers, resolver.cut())
+                }
+            };
             let ipme = Ipme::load(&control.home).map_err(|_| Final::unreadable_control())?;
             let exchangers = without_me(exchangers, &ipme)?;
-            Ok((targets_of(&exchangers, 25, false), resolver.cut()))
+            Ok((targets_of(&exchangers, 25, false), cut))
         }
     }
 }
