@@ -23,7 +23,7 @@ mod info;
 pub mod keys;
 
 pub use config::{ClientAuth, SniLevel, TlsEnv, provider};
-pub use engine::{Engine, EngineError, Policy, Step, Wants};
+pub use engine::{ClientEngine, Engine, EngineError, Policy, ServerEngine, Side, Step, Wants};
 pub use error::ConfigError;
 pub use info::{ConnectionInfo, certificate_hash, cipher_suite_name, protocol_name};
 pub use rustls;

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
+use chainmail_tls::{ConfigError, ConnectionInfo, EngineError, ServerEngine, TlsEnv};
 use chainmail_ucspi::process::{self, EnvChanges, Forked, PrivError};
 use chainmail_ucspi::{Deadline, diag, env, fd, net};
 use thiserror::Error;
@@ -179,7 +179,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
     }
     net::set_nodelay(&net_w);
 
-    let mut engine = Engine::new(server_config, config.policy).map_err(Error::Setup)?;
+    let mut engine = ServerEngine::new(server_config, config.policy).map_err(Error::Setup)?;
     let mut session = Session::new(net_r, net_w, app_r, app_w);
     let deadline = Deadline::after_millis_or_never(config.handshake_timeout_ms);
     if let Err(e) = session.handshake(&mut engine, deadline) {
@@ -193,7 +193,7 @@ fn engine(config: &Config, tls_env: &TlsEnv, ctl: OwnedFd, app_r: OwnedFd, app_w
 
     session.ack_now();
 
-    let info = ConnectionInfo::of(engine.connection());
+    let info = ConnectionInfo::of(&engine);
     if config.verbosity >= 2 {
         let protocol = info.protocol.and_then(chainmail_tls::protocol_name).unwrap_or("?");
         let cipher = info.cipher.map(chainmail_tls::cipher_suite_name).unwrap_or_default();

@@ -101,7 +101,7 @@ const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &r
 /// The whole setup: a client, the engine, and the four pipes.
 struct Rig {
     client: ClientConnection,
-    engine: Engine,
+    engine: ServerEngine,
     c2s: Pipe,
     s2c: Pipe,
     /// Application to engine.
@@ -124,7 +124,7 @@ impl Rig {
     fn with_client(chunk: usize, policy: Policy, client: ClientConnection) -> Rig {
         Rig {
             client,
-            engine: Engine::new(server_config(), policy).expect("engine"),
+            engine: ServerEngine::new(server_config(), policy).expect("engine"),
             c2s: Pipe::new(chunk),
             s2c: Pipe::new(chunk),
             app_in: Pipe::new(chunk),
@@ -259,7 +259,7 @@ fn handshake_and_data_both_ways_in_every_chunk_size() {
         assert_eq!(rig.got, down, "chunk {chunk}");
         assert!(rig.engine_error.is_none());
         assert!(!rig.engine.is_finished());
-        let info = crate::ConnectionInfo::of(rig.engine.connection());
+        let info = crate::ConnectionInfo::of(&rig.engine);
         assert_eq!(info.protocol, Some(rustls::ProtocolVersion::TLSv1_3));
         assert_eq!(info.server_name, Some("mail.test"));
         assert!(info.peer_certificate.is_none());
@@ -292,7 +292,7 @@ fn tls12_handshake_and_data() {
         rig.settle();
         assert_eq!(rig.app_out.data.make_contiguous(), b"EHLO x\r\n");
         assert_eq!(rig.got, b"250 ok\r\n");
-        let info = crate::ConnectionInfo::of(rig.engine.connection());
+        let info = crate::ConnectionInfo::of(&rig.engine);
         assert_eq!(info.protocol, Some(rustls::ProtocolVersion::TLSv1_2));
         assert_eq!(
             info.cipher.map(crate::cipher_suite_name).as_deref(),
@@ -472,7 +472,8 @@ fn backpressure_bounds_memory() {
         rig.settle();
     }
     assert_eq!(rig.app_out.data.len(), 1000);
-    assert!(rig.engine.in_pending <= PLAINTEXT_INPUT_LIMIT + 16 * 1024 + 256, "{}", rig.engine.in_pending);
+    let held = rig.engine.plain.len() + rig.engine.net_in.len();
+    assert!(held <= PLAINTEXT_INPUT_LIMIT + NET_CHUNK, "{held}");
     assert!(!rig.engine.wants().net_read);
     assert_eq!(sent, up.len());
     assert!(rig.c2s.data.len() > (1 << 20) - 64 * 1024, "the engine stopped reading: {}", rig.c2s.data.len());
@@ -551,15 +552,15 @@ fn buffers_grow_for_bulk_only() {
     rig.client_send(b"EHLO x\r\n");
     rig.app_in.data.extend(b"250 ok\r\n");
     rig.settle();
-    assert_eq!(rig.engine.net_buf.len(), SMALL_CHUNK);
-    assert_eq!(rig.engine.buf.len(), SMALL_CHUNK);
+    assert_eq!(rig.engine.net_in.data.len(), SMALL_CHUNK);
+    assert_eq!(rig.engine.app_in.data.len(), SMALL_CHUNK);
     rig.c2s.chunk = 1 << 20;
     rig.app_in.chunk = 1 << 20;
     rig.client_send(&pattern(60_000, 8));
     rig.app_in.data.extend(pattern(60_000, 9));
     rig.settle();
-    assert_eq!(rig.engine.net_buf.len(), NET_CHUNK);
-    assert_eq!(rig.engine.buf.len(), APP_CHUNK);
+    assert_eq!(rig.engine.net_in.data.len(), NET_CHUNK);
+    assert_eq!(rig.engine.app_in.data.len(), APP_CHUNK);
     assert_eq!(rig.app_out.data.len(), 60_008);
     assert_eq!(rig.got.len(), 60_008);
 }
