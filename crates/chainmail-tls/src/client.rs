@@ -20,14 +20,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
 
 use crate::error::ConfigError;
 use crate::keys;
+use crate::verify::AnyServerCertificate;
 
 /// Where the trust anchors come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +76,7 @@ pub fn client_config(settings: &ClientSettings) -> Result<Arc<ClientConfig>, Con
     let builder = match &settings.server_auth {
         ServerAuth::Opportunistic => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider: provider.clone() })),
+            .with_custom_certificate_verifier(AnyServerCertificate::new(&provider)),
         ServerAuth::Verified(anchors) => {
             let roots = root_store(anchors)?;
             let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -107,48 +106,6 @@ pub fn client_config(settings: &ClientSettings) -> Result<Arc<ClientConfig>, Con
 pub fn server_name(name: Option<&str>, ip: std::net::IpAddr) -> ServerName<'static> {
     name.and_then(|n| ServerName::try_from(n.trim_end_matches('.').to_owned()).ok())
         .unwrap_or(ServerName::IpAddress(ip.into()))
-}
-
-/// Accepts any certificate, but checks that the handshake was signed by
-/// the key of the certificate presented.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

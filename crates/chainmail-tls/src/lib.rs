@@ -21,6 +21,8 @@ pub mod engine;
 mod error;
 mod info;
 pub mod keys;
+pub mod verify;
+mod x509;
 
 pub use config::{ClientAuth, SniLevel, TlsEnv, provider};
 pub use engine::{ClientEngine, Engine, EngineError, Policy, ServerEngine, Side, Step, Wants};
