@@ -74,9 +74,9 @@ pub fn client_config(settings: &ClientSettings) -> Result<Arc<ClientConfig>, Con
         .with_safe_default_protocol_versions()
         .map_err(ConfigError::Setup)?;
     let builder = match &settings.server_auth {
-        ServerAuth::Opportunistic => builder
-            .dangerous()
-            .with_custom_certificate_verifier(AnyServerCertificate::new(&provider)),
+        ServerAuth::Opportunistic => {
+            builder.dangerous().with_custom_certificate_verifier(AnyServerCertificate::new(&provider))
+        }
         ServerAuth::Verified(anchors) => {
             let roots = root_store(anchors)?;
             let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())

@@ -11,8 +11,10 @@ use std::path::Path;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
-use crate::der::{Reader, tag};
+use x509_parser::asn1_rs::Tag;
+
 use crate::error::ConfigError;
+use crate::x509;
 
 fn is_pem(data: &[u8]) -> bool {
     data.windows(11).any(|w| w == b"-----BEGIN ")
@@ -27,10 +29,13 @@ pub fn parse_certificates(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, S
             certs.push(c.map_err(|e| format!("invalid PEM: {e}"))?);
         }
     } else {
-        let mut r = Reader::new(data);
-        while !r.is_empty() {
-            match r.next_tlv() {
-                Some(t) if t.tag == tag::SEQUENCE => certs.push(CertificateDer::from(t.raw.to_vec())),
+        let mut rest = data;
+        while !rest.is_empty() {
+            match x509::next_element(rest) {
+                Some((Tag::Sequence, cert, after)) => {
+                    certs.push(CertificateDer::from(cert.to_vec()));
+                    rest = after;
+                }
                 _ => return Err("neither PEM nor DER certificates".to_owned()),
             }
         }
@@ -60,18 +65,14 @@ pub fn parse_private_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> 
 /// PKCS#8 has an AlgorithmIdentifier (SEQUENCE), PKCS#1 the modulus
 /// (INTEGER), SEC1 the private key itself (OCTET STRING).
 fn der_private_key(data: &[u8]) -> Option<PrivateKeyDer<'static>> {
-    let mut outer = Reader::new(data);
-    let seq = outer.expect(tag::SEQUENCE)?;
-    if !outer.is_empty() {
-        return None;
-    }
-    let mut r = Reader::new(seq.value);
-    r.expect(tag::INTEGER)?;
+    let contents = x509::sequence_contents(data)?;
+    let (Tag::Integer, _, rest) = x509::next_element(contents)? else { return None };
+    let (second, _, _) = x509::next_element(rest)?;
     let bytes = data.to_vec();
-    Some(match r.next_tlv()?.tag {
-        tag::SEQUENCE => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes)),
-        tag::INTEGER => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(bytes)),
-        tag::OCTET_STRING => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(bytes)),
+    Some(match second {
+        Tag::Sequence => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(bytes)),
+        Tag::Integer => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(bytes)),
+        Tag::OctetString => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(bytes)),
         _ => return None,
     })
 }

@@ -15,7 +15,6 @@
 
 pub mod client;
 mod config;
-mod der;
 pub mod dn;
 pub mod engine;
 mod error;
