@@ -247,9 +247,9 @@ impl TlsEnv {
     /// the PEM bundle `CAFILE`.
     fn trust_anchors(&self) -> Result<RootCertStore, ConfigError> {
         if let Some(dir) = &self.cadir {
-            keys::trust_anchors_from_dir("CADIR", Path::new(dir))
+            keys::TrustAnchors::Dir(PathBuf::from(dir)).load("CADIR")
         } else if let Some(file) = &self.cafile {
-            keys::trust_anchors_from_file("CAFILE", Path::new(file))
+            keys::TrustAnchors::File(PathBuf::from(file)).load("CAFILE")
         } else {
             Err(ConfigError::NoCa)
         }
