@@ -106,6 +106,10 @@ pub enum EngineError {
     /// Reading the application's plaintext failed.
     #[error("unable to read from the application: {0}")]
     AppRead(#[source] io::Error),
+    /// Plaintext was offered after the session failed or its output was
+    /// closed.
+    #[error("the TLS session is closed")]
+    SessionClosed,
 }
 
 impl EngineError {
@@ -744,9 +748,13 @@ impl<S: Side> Engine<S> {
     /// Takes plaintext from an application in the same process (a
     /// client), at most one record's worth, and encrypts what the output
     /// buffer takes. Returns how many bytes were taken: 0 while earlier
-    /// plaintext still waits, or before the handshake completed.
+    /// plaintext still waits, or before the handshake completed; an error
+    /// once the session failed or the application's side was closed.
     pub fn send(&mut self, data: &[u8]) -> Result<usize, EngineError> {
-        if self.outbound != Outbound::Open || !self.app_in.is_empty() || self.conn.is_handshaking() || self.failed {
+        if self.outbound != Outbound::Open || self.failed {
+            return Err(EngineError::SessionClosed);
+        }
+        if !self.app_in.is_empty() || self.conn.is_handshaking() {
             return Ok(0);
         }
         let take = data.len().min(APP_CHUNK);

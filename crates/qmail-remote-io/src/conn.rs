@@ -199,6 +199,10 @@ impl Conn {
                     let n = tls.send(data).map_err(engine_failed)?;
                     data = &data[n..];
                     if n == 0 {
+                        if !tls.wants().net_write {
+                            // Nothing to drain and nothing taken: never spin.
+                            return Err(ConnError::Closed("the TLS session does not take data".into()));
+                        }
                         // The output is full: let it drain.
                         self.flush_tls()?;
                     }

@@ -749,3 +749,27 @@ fn trim_gives_idle_buffers_back() {
     rig.settle();
     assert!(rig.app_out.data.iter().rev().take(15).eq(b"still working\r\n".iter().rev()));
 }
+
+/// An in-process application that offers data to a failed or closed
+/// session gets an error, never a "0 taken" it would retry forever.
+#[test]
+fn send_after_failure_or_close_is_an_error() {
+    let untrusting = ClientConfig::builder_with_provider(Arc::new(crate::provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() })
+        .with_no_client_auth();
+    let mut pair = Pair::new(64, Arc::new(untrusting), server_config());
+    pair.settle();
+    assert!(pair.client.error.is_some());
+    assert!(matches!(pair.client.engine.send(b"QUIT\r\n"), Err(EngineError::SessionClosed)));
+
+    let mut pair = Pair::new(64, client_config(BOTH), server_config());
+    pair.settle();
+    assert_eq!(pair.client.engine.send(b"EHLO x\r\n").expect("send"), 8);
+    pair.client.engine.close_app_input().expect("close");
+    assert!(matches!(pair.client.engine.send(b"QUIT\r\n"), Err(EngineError::SessionClosed)));
+    pair.settle();
+    assert!(pair.server.app_out.data.iter().eq(b"EHLO x\r\n".iter()));
+    assert!(pair.server.engine.peer_sent_close_notify());
+}
