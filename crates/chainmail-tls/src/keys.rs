@@ -162,11 +162,22 @@ impl TrustAnchors {
     pub fn load(&self, setting: &'static str) -> Result<rustls::RootCertStore, ConfigError> {
         match self {
             TrustAnchors::BuiltIn => Ok(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
-            TrustAnchors::Dir(dir) => trust_anchors_from_dir(setting, dir),
-            TrustAnchors::File(path) if path.is_dir() => trust_anchors_from_dir(setting, path),
-            TrustAnchors::File(file) => trust_anchors_from_file(setting, file),
+            TrustAnchors::Dir(dir) => load_trust_anchor_files(setting, dir, true),
+            TrustAnchors::File(file) => load_trust_anchor_files(setting, file, false),
         }
     }
+}
+
+/// The trust anchors of a directory (`dir`, or a "file" that is one) or
+/// of a file: the part of [`TrustAnchors::load`] that a server's `CAFILE`
+/// and `CADIR` use directly, so that a program without builtin roots does
+/// not carry them.
+pub(crate) fn load_trust_anchor_files(
+    setting: &'static str,
+    path: &Path,
+    dir: bool,
+) -> Result<rustls::RootCertStore, ConfigError> {
+    if dir || path.is_dir() { trust_anchors_from_dir(setting, path) } else { trust_anchors_from_file(setting, path) }
 }
 
 fn trust_anchors_from_dir(var: &'static str, dir: &Path) -> Result<rustls::RootCertStore, ConfigError> {
