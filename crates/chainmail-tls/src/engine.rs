@@ -41,8 +41,8 @@ use rustls::pki_types::ServerName;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConnectionData, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedConnectionCommon, UnbufferedStatus,
-    WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
+    UnbufferedConnectionCommon, UnbufferedStatus, WriteTraffic,
 };
 use rustls::{ClientConfig, CommonState, ServerConfig};
 use thiserror::Error;
@@ -532,59 +532,22 @@ impl<S: Side> Engine<S> {
             let mut peer_closed = false;
             match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
-                    let discarding = !matches!(inbound, Inbound::Open | Inbound::Closing);
-                    if matches!(sink, Sink::Hold) && !discarding {
+                    if matches!(sink, Sink::Hold) && matches!(inbound, Inbound::Open | Inbound::Closing) {
                         *record_held = true;
                         again = false;
                     } else {
                         *record_held = false;
-                        while let Some(record) = traffic.next_record() {
-                            let record = match record {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    drop(traffic);
-                                    net_in.consume(discard);
-                                    return Err(self.fail(e));
-                                }
-                            };
-                            discard += record.discard;
-                            if discarding {
-                                continue;
-                            }
-                            let mut done = 0;
-                            if let Sink::Deliver(app) = &mut sink {
-                                if plain.is_empty() && !*app_blocked {
-                                    done = deliver(&mut **app, record.payload, app_blocked, inbound);
-                                }
-                            }
-                            if matches!(inbound, Inbound::Discarding) {
-                                continue;
-                            }
-                            if done < record.payload.len() {
-                                plain.extend(&record.payload[done..]);
-                            }
-                            if *app_blocked && matches!(sink, Sink::Deliver(_)) {
-                                // The application is full: leave the rest
-                                // in rustls.
-                                sink = Sink::Hold;
-                                break;
+                        match take_records(&mut traffic, &mut sink, plain, app_blocked, inbound) {
+                            Ok(extra) => discard += extra,
+                            Err(e) => {
+                                drop(traffic);
+                                net_in.consume(discard);
+                                return Err(self.fail(e));
                             }
                         }
                     }
                 }
-                ConnectionState::EncodeTlsData(mut data) => loop {
-                    let room = net_out.spare(256, usize::MAX);
-                    match data.encode(room) {
-                        Ok(n) => {
-                            net_out.commit(n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                            net_out.spare(required_size, usize::MAX);
-                        }
-                        Err(EncodeError::AlreadyEncoded) => break,
-                    }
-                },
+                ConnectionState::EncodeTlsData(mut data) => encode(&mut data, net_out),
                 ConnectionState::TransmitTlsData(mut transmit) => {
                     // The records are in `net_out`, in order, and leave
                     // with the next write: rustls may go on.
@@ -644,20 +607,7 @@ impl<S: Side> Engine<S> {
         self.failed = true;
         let UnbufferedStatus { state, .. } = self.conn.process(self.net_in.pending_mut());
         if let Ok(ConnectionState::EncodeTlsData(mut data)) = state {
-            let mut want = RECORD_OVERHEAD;
-            loop {
-                match data.encode(self.net_out.spare(want, usize::MAX)) {
-                    Ok(n) => self.net_out.commit(n),
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
-                        if required_size > want =>
-                    {
-                        want = required_size;
-                        continue;
-                    }
-                    Err(_) => {}
-                }
-                break;
-            }
+            encode(&mut data, &mut self.net_out);
         }
         EngineError::Tls(e)
     }
@@ -919,6 +869,65 @@ fn deliver(app: &mut dyn Write, bytes: &[u8], blocked: &mut bool, inbound: &mut 
         }
     }
     done
+}
+
+/// Takes the decrypted records rustls offers: writes them to the
+/// application (`Sink::Deliver`), copies aside into `plain` what it does
+/// not take (or everything, `Sink::Copy`), and drops them when nobody
+/// reads any more. Once the application is full, the sink becomes
+/// `Hold` and the rest stays in rustls. Returns the bytes of input the
+/// records add to the discard.
+fn take_records<D>(
+    traffic: &mut ReadTraffic<'_, '_, D>,
+    sink: &mut Sink<'_>,
+    plain: &mut Buf,
+    app_blocked: &mut bool,
+    inbound: &mut Inbound,
+) -> Result<usize, rustls::Error> {
+    let mut discard = 0;
+    let discarding = !matches!(inbound, Inbound::Open | Inbound::Closing);
+    while let Some(record) = traffic.next_record() {
+        let record = record?;
+        discard += record.discard;
+        if discarding {
+            continue;
+        }
+        let mut done = 0;
+        if let Sink::Deliver(app) = sink {
+            if plain.is_empty() && !*app_blocked {
+                done = deliver(&mut **app, record.payload, app_blocked, inbound);
+            }
+        }
+        if *inbound == Inbound::Discarding {
+            // The application went away while we wrote.
+            continue;
+        }
+        if done < record.payload.len() {
+            plain.extend(&record.payload[done..]);
+        }
+        if *app_blocked && matches!(sink, Sink::Deliver(_)) {
+            *sink = Sink::Hold;
+            break;
+        }
+    }
+    Ok(discard)
+}
+
+/// Encodes a handshake record rustls hands out into `net_out`, growing
+/// it as needed.
+fn encode<D>(data: &mut EncodeTlsData<'_, D>, net_out: &mut Buf) {
+    let mut want = 256;
+    loop {
+        match data.encode(net_out.spare(want, usize::MAX)) {
+            Ok(n) => net_out.commit(n),
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) if required_size > want => {
+                want = required_size;
+                continue;
+            }
+            Err(_) => {}
+        }
+        return;
+    }
 }
 
 /// Encrypts what `app_in` holds into `net_out`, whole records of up to
