@@ -49,8 +49,10 @@ use thiserror::Error;
 
 /// Bytes of application plaintext read at once: one full TLS record.
 pub const APP_CHUNK: usize = 16 * 1024;
-/// Bytes of ciphertext the network buffer holds at most: about two full
-/// records, so that a bulk transfer costs one `read(2)` per 32 KiB.
+/// Bytes of ciphertext read from the network at once in bulk: about two
+/// full records, so that a bulk transfer costs one `read(2)` per 32 KiB.
+/// The buffer holds at most this, and the partial record left over from
+/// the read before.
 pub const NET_CHUNK: usize = 32 * 1024;
 /// The size a buffer takes on first use. A buffer grows to its full size
 /// the first time a read fills it: an interactive session (SMTP commands
@@ -69,6 +71,9 @@ pub const PLAINTEXT_INPUT_LIMIT: usize = 16 * 1024;
 const HANDSHAKE_NET_LIMIT: usize = 64 * 1024 + NET_CHUNK;
 /// The largest plaintext of one record.
 const MAX_FRAGMENT: usize = 16 * 1024;
+/// The largest record on the wire: header and the most a TLS 1.2
+/// ciphertext may add to the plaintext.
+const MAX_RECORD: usize = 5 + MAX_FRAGMENT + 2048;
 /// Room kept for what encryption adds to a record (header, nonce, tag,
 /// content type): 29 bytes at most with the suites rustls offers.
 const RECORD_OVERHEAD: usize = 64;
@@ -405,7 +410,10 @@ impl<S: Side> Engine<S> {
     /// What the engine can use now. The application is not read before
     /// the handshake completes.
     pub fn wants(&self) -> Wants {
-        let plaintext_waiting = self.plain.len() + if self.record_held { MAX_FRAGMENT } else { 0 };
+        // A record held in rustls stops the reading: it goes to the
+        // application first (measured: reading on meanwhile made twice the
+        // reads, of half the size).
+        let plaintext_waiting = self.plain.len() + if self.record_held { MAX_FRAGMENT + 1 } else { 0 };
         let handshaking = self.conn.is_handshaking();
         Wants {
             net_read: !self.net_ended
@@ -437,10 +445,11 @@ impl<S: Side> Engine<S> {
         if self.net_in.len() >= limit {
             return Ok(Step::Blocked);
         }
-        // Read into the free end of the buffer; move what is pending to the
-        // front only when less than half a chunk is free there.
-        let want = if self.net_in.data.len() >= NET_CHUNK { (NET_CHUNK / 2).min(limit - self.net_in.len()) } else { 1 };
-        let room = self.net_in.spare(want, limit);
+        // In bulk, every read has room for a whole chunk beside the partial
+        // record that waits for its end: reads of less than a chunk cost
+        // system calls (measured: twice the reads, a fifth more CPU).
+        let want = if self.net_in.data.len() >= NET_CHUNK { NET_CHUNK.min(limit - self.net_in.len()) } else { 1 };
+        let room = self.net_in.spare(want, limit + MAX_RECORD);
         let room_len = room.len();
         match rd.read(room) {
             Ok(0) => self.net_eof(),

@@ -559,7 +559,8 @@ fn buffers_grow_for_bulk_only() {
     rig.client_send(&pattern(60_000, 8));
     rig.app_in.data.extend(pattern(60_000, 9));
     rig.settle();
-    assert_eq!(rig.engine.net_in.data.len(), NET_CHUNK);
+    let net = rig.engine.net_in.data.len();
+    assert!((NET_CHUNK..=NET_CHUNK + MAX_RECORD).contains(&net), "{net}");
     assert_eq!(rig.engine.app_in.data.len(), APP_CHUNK);
     assert_eq!(rig.app_out.data.len(), 60_008);
     assert_eq!(rig.got.len(), 60_008);
