@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chainmail_sys::fd::{self, FdIo};
-use chainmail_sys::poll::{self, Deadline};
+use chainmail_sys::poll::{Deadline, Interest, PollSet};
 use chainmail_tls::{ClientEngine, EngineError, Policy, Step};
-use nix::poll::{PollFd, PollFlags};
 use rustls::pki_types::ServerName;
 
 /// Why the connection stopped working.
@@ -52,6 +51,17 @@ pub struct Conn {
     inbox: Vec<u8>,
     eof: bool,
     timeout: Duration,
+    /// The poll set, reused by every wait.
+    poll: PollSet<Direction>,
+}
+
+/// Which way a wait on the socket looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The read side (`-6`).
+    In,
+    /// The write side (`-7`).
+    Out,
 }
 
 fn closed(e: io::Error) -> ConnError {
@@ -72,31 +82,25 @@ impl Conn {
         fd::set_nonblocking(&rfd, true)?;
         fd::set_nonblocking(&wfd, true)?;
         chainmail_sys::net::set_nodelay(&wfd);
-        Ok(Conn { rfd, wfd, tls: None, inbox: Vec::new(), eof: false, timeout })
+        Ok(Conn { rfd, wfd, tls: None, inbox: Vec::new(), eof: false, timeout, poll: PollSet::with_capacity(2) })
     }
 
-    fn wait(&self, read: bool, write: bool, deadline: Deadline) -> Result<(bool, bool), ConnError> {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2);
+    /// Waits until the socket can be read (`read`) or written (`write`):
+    /// `(readable, writable)`, or a timeout at `deadline`.
+    fn wait(&mut self, read: bool, write: bool, deadline: Deadline) -> Result<(bool, bool), ConnError> {
+        let mut round = self.poll.round();
         if read {
-            fds.push(PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN));
+            round.register(self.rfd.as_fd(), Interest::Read, Direction::In);
         }
         if write {
-            fds.push(PollFd::new(self.wfd.as_fd(), PollFlags::POLLOUT));
+            round.register(self.wfd.as_fd(), Interest::Write, Direction::Out);
         }
-        match poll::wait(&mut fds, deadline) {
-            Ok(0) => Err(ConnError::Timeout),
-            Ok(_) => {
-                let ready = |i: usize| fds.get(i).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
-                Ok(if read && write {
-                    (ready(0), ready(1))
-                } else if read {
-                    (ready(0), false)
-                } else {
-                    (false, ready(0))
-                })
-            }
-            Err(e) => Err(closed(e)),
+        let ready = round.wait(deadline).map_err(closed)?;
+        if ready.is_empty() {
+            return Err(ConnError::Timeout);
         }
+        let is_ready = |d: Direction| ready.iter().any(|&(t, _)| t == d);
+        Ok((is_ready(Direction::In), is_ready(Direction::Out)))
     }
 
     /// Reads what the socket has now into the inbox (through TLS if it

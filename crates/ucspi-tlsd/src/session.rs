@@ -1,14 +1,14 @@
 //! The poll loop that drives a [`chainmail_tls::ServerEngine`] over the real
 //! descriptors: the network on 0/1, the application's two pipes.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_sys::Deadline;
 use chainmail_sys::fd::{self, FdIo, Kind};
-use chainmail_sys::{net, poll};
+use chainmail_sys::net;
+use chainmail_sys::poll::{Interest, PollSet};
 use chainmail_tls::{EngineError, ServerEngine, Step};
-use nix::poll::{PollFd, PollFlags};
 
 /// How long what the application sent before its EOF may take to leave.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,8 +46,11 @@ pub struct Session {
     /// The application's side is not touched: during the handshake and
     /// until a possible handover has settled which descriptors it is.
     app_paused: bool,
+    /// The poll set, reused by every wait.
+    poll: PollSet<Slot>,
 }
 
+/// What a descriptor of the session's poll set stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     NetR,
@@ -73,6 +76,7 @@ impl Session {
             app_readable: true,
             app_writable: true,
             app_paused: true,
+            poll: PollSet::with_capacity(4),
         }
     }
 
@@ -150,62 +154,35 @@ impl Session {
     /// Waits until a descriptor the engine wants is ready, or `deadline`.
     pub fn wait(&mut self, engine: &mut ServerEngine, deadline: Deadline) -> std::io::Result<Waited> {
         let w = engine.wants();
-        let placeholder = self.net_r.as_fd();
-        let mut pfds: [PollFd<'_>; 4] = std::array::from_fn(|_| PollFd::new(placeholder, PollFlags::empty()));
-        let mut slots = [Slot::NetR; 4];
-        let mut n = 0;
-        fn add<'a>(
-            pfds: &mut [PollFd<'a>; 4],
-            slots: &mut [Slot; 4],
-            n: &mut usize,
-            fd: BorrowedFd<'a>,
-            ev: PollFlags,
-            slot: Slot,
-        ) {
-            pfds[*n] = PollFd::new(fd, ev);
-            slots[*n] = slot;
-            *n += 1;
-        }
-        let (net_r, net_w, app_r, app_w) = (&self.net_r, &self.net_w, &self.app_r, &self.app_w);
+        let mut round = self.poll.round();
         if w.net_read {
-            add(&mut pfds, &mut slots, &mut n, net_r.as_fd(), PollFlags::POLLIN, Slot::NetR);
+            round.register(self.net_r.as_fd(), Interest::Read, Slot::NetR);
         }
-        if let (true, Some(fd)) = (w.net_write, net_w) {
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLOUT, Slot::NetW);
+        if let (true, Some(fd)) = (w.net_write, &self.net_w) {
+            round.register(fd.as_fd(), Interest::Write, Slot::NetW);
         }
-        let paused = self.app_paused;
-        if let (true, false, Some(fd)) = (w.app_read, paused, app_r) {
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLIN, Slot::AppR);
+        if let (true, false, Some(fd)) = (w.app_read, self.app_paused, &self.app_r) {
+            round.register(fd.as_fd(), Interest::Read, Slot::AppR);
         }
-        if let (false, Some(fd)) = (paused, app_w) {
-            // Without interest, POLLERR still says the reader went away.
-            let ev = if w.app_write { PollFlags::POLLOUT } else { PollFlags::empty() };
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), ev, Slot::AppW);
+        if let (false, Some(fd)) = (self.app_paused, &self.app_w) {
+            // Without interest in writing, the wait still says when the
+            // reader went away.
+            let interest = if w.app_write { Interest::Write } else { Interest::HangUp };
+            round.register(fd.as_fd(), interest, Slot::AppW);
         }
-        let count = n;
-        if count == 0 && deadline == Deadline::NEVER {
-            return Ok(Waited::TimedOut);
-        }
-        if poll::wait(&mut pfds[..count], deadline)? == 0 {
+        let ready = round.wait(deadline)?;
+        if ready.is_empty() {
             return Ok(Waited::TimedOut);
         }
         let mut app_lost = false;
-        for (p, slot) in pfds[..count].iter().zip(slots) {
-            let Some(r) = p.revents() else { continue };
-            if r.is_empty() {
-                continue;
-            }
+        for &(slot, r) in ready {
             match slot {
                 Slot::NetR => self.net_readable = true,
                 Slot::NetW => self.net_writable = true,
                 Slot::AppR => self.app_readable = true,
                 Slot::AppW => {
-                    if r.contains(PollFlags::POLLOUT) {
-                        self.app_writable = true;
-                    }
-                    if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
-                        app_lost = true;
-                    }
+                    self.app_writable |= r.writable;
+                    app_lost |= r.hang_up || r.error;
                 }
             }
         }
