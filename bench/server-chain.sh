@@ -31,8 +31,9 @@
 #
 # Environment: ROUNDS (3), CONC (16), DURATION (6s), LAT_DURATION (4s), BULK (256M),
 # BEFORE_BIN (unset: no before column), KEY (ec: ECDSA P-256; rsa: RSA 2048),
-# KX (default|x25519|p256), NODELAY (0; 1: TCP_NODELAY on the client), SKIP_BUILD (1: do not
-# run cargo build), KEEP (1: keep the work directory).
+# KX (default|x25519|p256), NODELAY (0; 1: TCP_NODELAY on the client), STATIC (1: ucspi-tlsd
+# and smtpd-starttls-proxy-io linked statically, as install.sh builds them; 0: dynamically, as
+# cargo build does), SKIP_BUILD (1: do not run cargo build), KEEP (1: keep the work directory).
 #
 # As root on Debian, missing packages (ucspi-tcp, stunnel4, openssl) are
 # installed with apt-get. Everything started here is stopped by PID.
@@ -50,6 +51,7 @@ KEY=${KEY:-ec}
 KX=${KX:-default}
 NODELAY=${NODELAY:-0}
 BEFORE_BIN=${BEFORE_BIN:-}
+STATIC=${STATIC:-1}
 
 log() { printf 'server-chain: %s\n' "$*" >&2; }
 
@@ -77,6 +79,17 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     command -v cargo >/dev/null 2>&1 || { log "fatal: cargo is needed"; exit 111; }
     log "building: cargo build --release --workspace --bins"
     cargo build --release --workspace --bins -q
+    if [ "$STATIC" = 1 ]; then
+        # As install.sh builds them: the server chain's two programs
+        # statically linked (static-pie, so still address-randomised). Each
+        # session execs both: without the dynamic loader's work (libc and
+        # libgcc_s mapped, their relocations and symbols resolved) a session
+        # costs about 1 ms of CPU less, and an idle engine 50 KiB less.
+        for b in ucspi-tlsd smtpd-starttls-proxy-io; do
+            log "building: cargo rustc --release -p $b --bin $b -- -C target-feature=+crt-static"
+            cargo rustc --release -q -p "$b" --bin "$b" -- -C target-feature=+crt-static
+        done
+    fi
 fi
 for b in ucspi-tlsd smtpd-starttls-proxy-io test-smtpd smtp-load bench-util; do
     [ -x "$bin/$b" ] || { log "fatal: $bin/$b was not built"; exit 111; }
@@ -401,7 +414,7 @@ cat <<EOF
 ## Results ($(date -u +%Y-%m-%dT%H:%MZ), $machine)
 
 Source: commit $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown), $(git -C "$top" status --porcelain -- crates tests Cargo.toml Cargo.lock 2>/dev/null | wc -l) files changed outside bench/.
-Before: ${BEFORE_BIN:-(none: BEFORE_BIN not set)}.
+Chain binaries: $(file -b "$bin/ucspi-tlsd" | grep -o 'static-pie linked\|dynamically linked'). Before: ${BEFORE_BIN:-(none: BEFORE_BIN not set)}$([ -n "$BEFORE_BIN" ] && echo ", $(file -b "$BEFORE_BIN/ucspi-tlsd" | grep -o 'static-pie linked\|dynamically linked')").
 Certificate $keydesc; client --kx $KX, TCP_NODELAY $([ "$NODELAY" = 1 ] && echo on || echo off); medians of
 $ROUNDS rounds in rotating order; a ratio is the median of the per-round ratios. stunnel = stunnel4 SMTPS
 (TLS from the first byte: a slightly shorter session than the chain's STARTTLS one).
