@@ -116,12 +116,8 @@ make_run_dir() {
 if [ "$build" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is needed to build (https://rustup.rs)"
     pkgs() { for b in "$@"; do printf -- '-p %s ' "$b"; done; }
-    # The server chain's programs are exec'd for every connection: linked
-    # statically (static-pie: still address-randomised) they skip the
-    # dynamic loader, about 1 ms of CPU per session (bench/RESULTS.md).
-    static() { for b in "$@"; do cargo rustc --release --locked -p "$b" --bin "$b" -- -C target-feature=+crt-static || return 1; done; }
     # shellcheck disable=SC2046
-    (cd "$top" && static $SERVER_BINARIES &&
+    (cd "$top" && cargo build --release --locked $(pkgs $SERVER_BINARIES) &&
         cargo build --profile release-small --locked $(pkgs $QMAIL_BINARIES)) || die "the build failed"
 fi
 for b in $BINARIES; do
