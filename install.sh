@@ -12,7 +12,9 @@
 #
 #   ./install.sh --qmail [QMAILHOME]        put qmail-remote into QMAILHOME/bin
 #                                           (default /var/qmail), keeping the
-#                                           stock binary as qmail-remote.orig
+#                                           stock binary as qmail-remote.orig;
+#                                           qmail's 'make setup' undoes it
+#                                           silently: prefer --qmail-beside
 #   ./install.sh --qmail-beside [QMAILHOME] install as QMAILHOME/bin/qmail-remote-chainmail
 #                                           for use through QMAILREMOTE
 #   ./install.sh --qmail-undo [QMAILHOME]   put the stock qmail-remote back
@@ -29,7 +31,7 @@ SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io"
 QMAIL_BINARIES="qmail-remote qmail-remote-io"
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 100
 }
 
@@ -117,8 +119,15 @@ if [ "$build" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is needed to build (https://rustup.rs)"
     pkgs() { for b in "$@"; do printf -- '-p %s ' "$b"; done; }
     # shellcheck disable=SC2046
-    (cd "$top" && cargo build --release --locked $(pkgs $SERVER_BINARIES) &&
-        cargo build --profile release-small --locked $(pkgs $QMAIL_BINARIES)) || die "the build failed"
+    (cd "$top" && cargo build --release --locked $(pkgs $SERVER_BINARIES)) || die "the build failed"
+    # qmail-remote and qmail-remote-io run once per delivery: linked
+    # statically (static-pie), they skip the dynamic loader and touch far
+    # fewer pages (doc/qmail-remote.md, Notes). Only the final link differs,
+    # so the dependencies are built once for both.
+    for b in $QMAIL_BINARIES; do
+        (cd "$top" && cargo rustc --profile release-small --locked -p "$b" --bin "$b" -- -C target-feature=+crt-static) ||
+            die "the build of $b failed"
+    done
 fi
 for b in $BINARIES; do
     [ -x "$(built "$b")" ] || die "$(built "$b") is missing: build first (see install.sh)"
@@ -152,6 +161,10 @@ case $qmail_mode in
         put "$(built qmail-remote-io)" "$bin/qmail-remote-io"
         make_run_dir
         say "undo with: $0 --qmail-undo $qmail_home"
+        # qmail's own 'make setup' (or 'make setup check', or a package
+        # upgrade) copies its qmail-remote over this one without a word.
+        say "warning: re-running qmail's 'make setup' (or upgrading its package) puts the stock $bin/qmail-remote back without notice"
+        say "warning: where qmail-rspawn honours QMAILREMOTE (notqmail >= 1.08), prefer: $0 --qmail-beside $qmail_home"
         ;;
     qmail-beside)
         bin=$qmail_home/bin

@@ -85,9 +85,11 @@ for c in tcpserver openssl smtp-sink cargo; do
 done
 "$PY" -c 'import dnslib' 2>/dev/null || { log "fatal: $PY lacks dnslib (Debian: python3-dnslib)"; exit 111; }
 
-log "building: cargo build --release --workspace --bins, and --profile release-small for qmail-remote"
+log "building: cargo build --release --workspace --bins, and qmail-remote(-io) with --profile release-small, statically linked as install.sh does"
 cargo build --release --workspace --bins -q
-cargo build --profile release-small -q -p qmail-remote -p qmail-remote-io
+for b in qmail-remote qmail-remote-io; do
+    cargo rustc --profile release-small -q -p "$b" --bin "$b" -- -C target-feature=+crt-static
+done
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 # qmail-remote and qmail-remote-io as installed: built with release-small
 # (Cargo.toml), the two side by side.

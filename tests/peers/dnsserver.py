@@ -32,6 +32,7 @@ Behaviours:
   DROP       never answer
   TRUNCATE   over UDP, answer with the TC bit set and no records, so that
              the client must ask again over TCP; over TCP, answer normally
+             (an answer too large for UDP is truncated that way anyway)
   NOCHASE    when a query meets the CNAME at NAME, answer with the CNAME
              alone, without following it, without an SOA and without the
              RA bit: what an authoritative server does for a target
@@ -120,7 +121,24 @@ class Zone:
         return RR(zone, QTYPE.SOA, rdata=rdata, ttl=TTL)
 
     def answer(self, request, proto):
-        """The response to `request` (bytes), or None to stay silent."""
+        """The response to `request` (bytes), or None to stay silent.
+
+        Over UDP, a response larger than the client can take (its EDNS
+        payload size, else 512 bytes) is sent the way real servers send it:
+        with the TC bit and no records, so that the client asks again over
+        TCP."""
+        response = self.build(request, proto)
+        if response is None or proto != "udp":
+            return response
+        query = DNSRecord.parse(request)
+        limit = max([512] + [rr.rclass for rr in query.ar if rr.rtype == QTYPE.OPT])
+        if len(response) <= limit:
+            return response
+        reply = query.reply(ra=1, aa=1)
+        reply.header.tc = 1
+        return reply.pack()
+
+    def build(self, request, proto):
         query = DNSRecord.parse(request)
         q = query.q
         qname = canon(str(q.qname))

@@ -104,6 +104,11 @@ fn qmail_install_keeps_the_stock_binary_and_undoes() {
     // qmail-remote finds qmail-remote-io beside itself.
     assert!(content(&home.join("bin/qmail-remote-io")).contains("qmail-remote-io v1"));
     assert!(home.join("run/qmail-remote").is_dir());
+    // It says that qmail's own `make setup` would silently undo it, and
+    // what to prefer.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("'make setup'") && said.contains("puts the stock"), "{}", out.describe());
+    assert!(said.contains("QMAILREMOTE") && said.contains("--qmail-beside"), "{}", out.describe());
 
     // Installing again keeps the saved stock binary, and upgrades.
     let v2 = fake_build(&dir, "v2");

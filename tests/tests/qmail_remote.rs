@@ -1581,3 +1581,347 @@ fn remote_io_under_tcpclient() {
     assert_eq!(out.code(), Some(10), "4xx greeting: next address\n{}", out.describe());
     assert_eq!(parse_records(&out.stdout).map(|r| r.len()).ok(), Some(1));
 }
+
+// ============================================ replies ahead of commands
+
+/// A one-connection server on 127.0.0.1 that follows `script`: for each
+/// entry it reads one command line (none for the first, the greeting) and
+/// writes the reply bytes as they are. Then it reads until EOF. The thread
+/// returns every line it got. Every read is bounded (30 s).
+fn scripted_server(script: Vec<&'static str>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().expect("accept");
+        sock.set_read_timeout(Some(secs(30))).expect("timeout");
+        let mut writer = sock.try_clone().expect("clone");
+        let mut reader = BufReader::new(sock);
+        let mut got = Vec::new();
+        let mut read_line = |got: &mut Vec<String>| -> bool {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => false,
+                Ok(_) => {
+                    got.push(line.trim_end().to_owned());
+                    true
+                }
+            }
+        };
+        for (i, reply) in script.iter().enumerate() {
+            if i > 0 && !read_line(&mut got) {
+                return got;
+            }
+            if writer.write_all(reply.as_bytes()).is_err() {
+                return got;
+            }
+        }
+        while read_line(&mut got) {}
+        got
+    });
+    (port, handle)
+}
+
+#[test]
+fn replies_ahead_of_commands_are_z_and_the_body_is_never_sent() {
+    let (_dir, home) = setup("early_replies");
+    // Without PIPELINING, MAIL is answered with its reply and those of the
+    // RCPT and DATA not sent yet.
+    let (port, server) =
+        scripted_server(vec!["220 early.test ESMTP\r\n", "250 early.test\r\n", "250 ok\r\n250 ok\r\n354 go ahead\r\n"]);
+    home.route_to(LO, port);
+    let message = b"Subject: early\n\nRCPT TO:<smuggled@evil.test>\nQUIT\n";
+    let r = home.deliver(&[], &["example.test", SENDER, RCPT], message);
+    r.expect("Z", 'Z').expect_text_contains("broke the SMTP protocol").expect_text_lacks("Possible duplicate");
+    let got = server.join().expect("server thread");
+    assert_eq!(got, ["EHLO me.test", "MAIL FROM:<a@sender.test>"], "the server got more than MAIL\n{}", r.describe());
+}
+
+// ============================ ESMTP parameters smuggled through a domain
+
+#[test]
+fn envelope_parameters_smuggled_through_a_domain_are_refused() {
+    let (_dir, home, peer) = aio_routed("envelope_smuggled", &AioOpts { pipelining: true, ..AioOpts::default() });
+    // A bad sender: D, and nothing reaches the server (not even a
+    // connection).
+    for sender in ["x@evil.example> AUTH=<>", "x@evil.example> SIZE=1", "x@[192.0.2.1] AUTH=<>", "x@a b"] {
+        let r = home.deliver(&[], &["example.test", sender, RCPT], MSG);
+        r.expect("D", 'D')
+            .expect_text_starts("Sorry, the sender address is invalid: ")
+            .expect_text_contains("neither a domain name nor an address literal")
+            .expect_text_contains("(#5.1.7)");
+    }
+    assert_eq!(peer.connects(), 0, "{}", peer.describe());
+    assert!(peer.commands("MAIL").is_empty());
+
+    // A bad recipient among good ones: h in its place, the others
+    // delivered, and no RCPT for it.
+    let bad = "y@evil.example> NOTIFY=NEVER ORCPT=rfc822;y";
+    let r = home.deliver(&[], &["example.test", SENDER, RCPT, bad, "c@example.test"], MSG);
+    r.expect("rhrK", 'K');
+    assert!(r.text_of(1).starts_with("Sorry, this recipient address is invalid: "), "{}", r.describe());
+    assert!(r.text_of(1).ends_with("(#5.1.3)\n"), "{}", r.describe());
+    assert_eq!(peer.commands("RCPT"), ["RCPT TO:<b@example.test>", "RCPT TO:<c@example.test>"], "{}", peer.describe());
+    assert_eq!(peer.messages()[0].all("rcpt"), [RCPT, "c@example.test"]);
+
+    // As qmail-rspawn calls it, one recipient: hD, a bounce for it, and
+    // no transaction.
+    let r = home.deliver(&[], &["example.test", SENDER, bad], MSG);
+    r.expect("hD", 'D');
+    assert_eq!(peer.commands("MAIL").len(), 1, "{}", peer.describe());
+    assert_eq!(peer.commands("RCPT").len(), 2, "{}", peer.describe());
+}
+
+// ================================================ which qmail home
+
+/// Installs copies of qmail-remote (and of qmail-remote-io when `io`) in
+/// `<home>/bin`, as `install.sh --qmail` does; returns qmail-remote's path.
+fn install_into(home: &Home, io: bool) -> std::path::PathBuf {
+    let bin_dir = home.path.join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("create bin");
+    let mut names = vec!["qmail-remote"];
+    if io {
+        names.push("qmail-remote-io");
+    }
+    for name in names {
+        std::fs::copy(chainmail_tests::bin(name), bin_dir.join(name)).expect("copy the program");
+    }
+    bin_dir.join("qmail-remote")
+}
+
+/// `<home>/queue/mess`, where qmail-rspawn runs qmail-remote.
+fn queue_mess(home: &Home) -> std::path::PathBuf {
+    let d = home.path.join("queue/mess");
+    std::fs::create_dir_all(&d).expect("create queue/mess");
+    d
+}
+
+fn args3() -> [&'static [u8]; 3] {
+    [b"example.test", SENDER.as_bytes(), RCPT.as_bytes()]
+}
+
+#[test]
+fn home_from_the_working_directory_or_the_program_and_never_a_guess() {
+    let (dir, home) = setup("home_a");
+    let peer = Aiosmtpd::start(&dir, &AioOpts::default());
+    home.route_to(peer.ip, peer.port);
+    let (dir_b, other) = setup("home_b");
+    let other_peer = Aiosmtpd::start(&dir_b, &AioOpts::default());
+    other.route_to(other_peer.ip, other_peer.port);
+    let copy = install_into(&home, true);
+    let built = chainmail_tests::bin("qmail-remote");
+    let root = std::path::Path::new("/");
+    let run = |program: &std::path::Path, cwd: &std::path::Path, env: &[(&str, &str)]| {
+        home.run_program(program, cwd, env, &args3(), MSG, secs(60))
+    };
+
+    // The working directory qmail-rspawn gives, the program elsewhere
+    // (target/debug: not a qmail home).
+    run(&built, &queue_mess(&home), &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 1, "cwd only");
+    // The program in <home>/bin, run from /.
+    run(&copy, root, &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 2, "program only");
+    // Both, agreeing.
+    run(&copy, &queue_mess(&home), &[]).expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 3, "both");
+    // QMAILHOME wins over both.
+    let other_home = other.path.display().to_string();
+    run(&copy, &queue_mess(&home), &[("QMAILHOME", &other_home)]).expect("rK", 'K');
+    assert_eq!((peer.messages().len(), other_peer.messages().len()), (3, 1), "QMAILHOME");
+
+    // Disagreeing: the program of one home run in the queue of another.
+    // Neither home's routes are used, nothing is sent.
+    let r = run(&copy, &queue_mess(&other), &[]);
+    r.expect("Z", 'Z')
+        .expect_text_starts("Unable to find the qmail home: ")
+        .expect_text_contains(&other.path.canonicalize().expect("canonical").display().to_string())
+        .expect_text_contains("(#4.3.0)");
+    assert_eq!((peer.connects(), other_peer.connects()), (3, 1), "{}\n{}", peer.describe(), other_peer.describe());
+}
+
+#[test]
+fn a_missing_or_unusable_qmail_remote_io_is_z_before_any_connection() {
+    let (dir, home) = setup("io_missing");
+    let peer = Aiosmtpd::start(&dir, &AioOpts::default());
+    home.route_to(peer.ip, peer.port);
+    let copy = install_into(&home, false);
+    let io = home.path.join("bin/qmail-remote-io");
+    let cases: [(&str, Option<u32>); 3] =
+        [("missing", None), ("not executable", Some(0o644)), ("a directory", Some(0))];
+    for (what, mode) in cases {
+        let _ = std::fs::remove_file(&io);
+        let _ = std::fs::remove_dir(&io);
+        match mode {
+            None => {}
+            Some(0) => std::fs::create_dir(&io).expect("mkdir"),
+            Some(m) => {
+                std::fs::copy(chainmail_tests::bin("qmail-remote-io"), &io).expect("copy");
+                std::fs::set_permissions(&io, std::os::unix::fs::PermissionsExt::from_mode(m)).expect("chmod");
+            }
+        }
+        let r = home.run_program(&copy, &queue_mess(&home), &[], &args3(), MSG, secs(60));
+        r.expect("Z", 'Z')
+            .expect_text_starts("Unable to run qmail-remote-io: ")
+            .expect_text_contains("nothing was sent")
+            .expect_text_lacks("may have been delivered");
+        assert_eq!(peer.connects(), 0, "{what}: {}", peer.describe());
+    }
+}
+
+// ============================================ DNS and connection limits
+
+/// Listeners on port 25 of `n` random 127.0.0.0/8 addresses that answer
+/// every connection with a 421 greeting (qmail-remote goes on to the next
+/// address) and count them.
+struct CountingListeners {
+    addrs: Vec<Ipv4Addr>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CountingListeners {
+    fn start(n: usize) -> CountingListeners {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        while listeners.len() < n {
+            let ip = random_loopback();
+            if addrs.contains(&ip) {
+                continue;
+            }
+            // Another test may hold this address's port 25: take another.
+            if let Ok(l) = std::net::TcpListener::bind((ip, 25)) {
+                l.set_nonblocking(true).expect("nonblocking");
+                listeners.push(l);
+                addrs.push(ip);
+            }
+        }
+        let count = std::sync::Arc::new(AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for l in &listeners {
+                    if let Ok((mut sock, _)) = l.accept() {
+                        idle = false;
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let _ = std::io::Write::write_all(&mut sock, b"421 4.3.2 busy\r\n");
+                    }
+                }
+                if idle {
+                    // Polling the nonblocking listeners; qmail-remote waits
+                    // for the greeting, so nothing is missed.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        CountingListeners { addrs, count, stop, thread: Some(thread) }
+    }
+
+    fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingListeners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The queries the DNS server got, without the TCP repetitions of
+/// truncated UDP answers.
+fn udp_queries(dns: &Dns) -> usize {
+    dns.queries().lines().filter(|l| l.starts_with("udp ")).count()
+}
+
+/// Runs qmail-remote under `/usr/bin/time`; returns the report and the
+/// peak RSS in KiB.
+fn deliver_measured(home: &Home, env: &[(&str, &str)], args: &[&str]) -> (Report, u64) {
+    let rss_file = home.path.join("rss");
+    let qmail_home = home.path.display().to_string();
+    let program = chainmail_tests::bin("qmail-remote");
+    let mut argv: Vec<&[u8]> = vec![b"-f", b"%M", b"-o", rss_file.as_os_str().as_encoded_bytes()];
+    argv.push(program.as_os_str().as_encoded_bytes());
+    argv.extend(args.iter().map(|a| a.as_bytes()));
+    let mut env = env.to_vec();
+    env.push(("QMAILHOME", &qmail_home));
+    let r =
+        home.run_program(std::path::Path::new("/usr/bin/time"), std::path::Path::new("/"), &env, &argv, MSG, secs(60));
+    let rss = std::fs::read_to_string(&rss_file).expect("time's output");
+    (r, rss.trim().parse().unwrap_or_else(|_| panic!("time said {rss:?}")))
+}
+
+#[test]
+fn limits_thousands_of_mx_records_cost_a_bounded_number_of_queries() {
+    let (dir, home) = setup("limits_many_mx");
+    let sink = SmtpSink::start_25(&dir, &[]);
+    // 2500 exchangers (about what fits in one DNS message), the best one the
+    // sink; the others with addresses where nothing listens.
+    let mut zone = String::new();
+    for i in 0..2500 {
+        zone.push_str(&format!("big.test MX {} m{i}.big.test\n", 10 + i));
+        zone.push_str(&format!("m{i}.big.test A 192.0.2.{}\n", 1 + i % 250));
+    }
+    zone.push_str(&format!("m0.big.test A {}\n", sink.ip));
+    let zone = zone.replacen("m0.big.test A 192.0.2.1\n", "", 1);
+    let dns = Dns::start(&dir, &zone);
+    let (r, rss_kib) = deliver_measured(&home, &dns_env(&dns), &["big.test", SENDER, "b@big.test"]);
+    r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", sink.ip));
+    let queries = udp_queries(&dns);
+    // One MX query, then A and AAAA for at most 10 exchangers.
+    assert!(queries <= 1 + 2 * 10, "{queries} queries:\n{}", dns.queries());
+    assert!(rss_kib < 24 * 1024, "peak RSS {rss_kib} KiB");
+}
+
+#[test]
+fn limits_many_addresses_per_mx_bounded_connection_attempts() {
+    let (dir, home) = setup("limits_many_addresses");
+    let listeners = CountingListeners::start(64);
+    // 60 exchangers of one preference, each with 1000 A records drawn from
+    // the 64 listeners (in a different order for each).
+    let mut zone = String::new();
+    for i in 0..60 {
+        zone.push_str(&format!("many.test MX 10 m{i}.many.test\n"));
+        for j in 0..1000 {
+            zone.push_str(&format!("m{i}.many.test A {}\n", listeners.addrs[(i * 7 + j) % 64]));
+        }
+    }
+    for j in 0..1000 {
+        zone.push_str(&format!("relay.test A {}\n", listeners.addrs[j % 64]));
+    }
+    let dns = Dns::start(&dir, &zone);
+    let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
+    r.expect("Z", 'Z')
+        .expect_text_starts(NO_CONNECTION)
+        .expect_text_contains("more addresses were not tried: qmail-remote makes at most 10 connections per delivery")
+        .expect_text_contains("50 more mail exchangers were ignored");
+    assert_eq!(listeners.connections(), 10, "connection attempts");
+    let queries = udp_queries(&dns);
+    assert!(queries <= 1 + 2 * 10, "{queries} queries:\n{}", dns.queries());
+
+    // A relay with 1000 addresses: the first 4 are tried.
+    home.control("smtproutes", ":relay.test:25\n");
+    let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
+    r.expect("Z", 'Z')
+        .expect_text_contains("60 more addresses were ignored: qmail-remote uses at most 4 of each family");
+    assert_eq!(listeners.connections(), 10 + 4, "connection attempts to the relay");
+}
+
+#[test]
+fn literal_destination_needs_no_dns_at_all() {
+    let (dir, home) = setup("literal_no_dns");
+    let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
+    // A DNSCACHEIP that no resolver could be built from: a literal host
+    // must not need one.
+    let host = format!("[{}]", peer.ip);
+    let r = home.deliver(&[("DNSCACHEIP", "not-an-address")], &[&host, SENDER, &format!("b@{host}")], MSG);
+    r.expect("rK", 'K');
+    assert_eq!(peer.messages().len(), 1);
+}

@@ -10,6 +10,33 @@ use hickory_resolver::proto::rr::Name;
 
 use crate::error::DnsError;
 
+/// The most exchangers of one domain that are looked up and tried: the
+/// lowest preferences, and at the preference where the cut falls, a random
+/// choice among the equals. Every real domain has fewer (large providers
+/// publish 1 to 5); a domain with thousands must not cost thousands of
+/// queries and connections.
+pub const MAX_EXCHANGERS: usize = 10;
+
+/// The most addresses kept per exchanger and per family (IPv6, IPv4), the
+/// first ones in answer order: a name with a thousand addresses is one
+/// host or a trap, and four of each is more than any real exchanger needs
+/// for redundancy.
+pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
+
+/// The most DNS queries in flight at once: the A and AAAA queries of
+/// [`MAX_EXCHANGERS`] exchangers, so that the limit bounds the load without
+/// adding a round trip to an ordinary plan.
+pub const MAX_CONCURRENT_QUERIES: usize = 2 * MAX_EXCHANGERS;
+
+/// What the limits left out of the last plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// Exchangers beyond [`MAX_EXCHANGERS`], never looked up.
+    pub exchangers: usize,
+    /// Addresses beyond [`MAX_ADDRESSES_PER_FAMILY`], dropped.
+    pub addresses: usize,
+}
+
 /// One mail exchanger of a plan, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchanger {
@@ -23,6 +50,16 @@ pub struct Exchanger {
     pub addrs: Vec<IpAddr>,
     /// Where it comes from.
     pub source: Source,
+}
+
+impl Exchanger {
+    /// The one exchanger of an address literal (`1.2.3.4`, `[1.2.3.4]`,
+    /// `[IPv6:…]`, see [`parse_literal`]): preference 0, no DNS. `None` if
+    /// `host` is not a literal.
+    pub fn literal(host: &str) -> Option<Exchanger> {
+        let ip = parse_literal(host)?;
+        Some(Exchanger { name: host.to_owned(), pref: 0, addrs: vec![ip], source: Source::Literal })
+    }
 }
 
 /// Where an [`Exchanger`] comes from.
@@ -88,11 +125,20 @@ pub(crate) fn read_mx(host: &str, mx: Outcome<(u16, Name)>) -> Result<MxPlan, Dn
             if records.iter().all(|(_, exchange)| exchange.is_root()) {
                 return Ok(MxPlan::Null);
             }
+            // Names compare without regard to case; a map keeps this linear
+            // for answers with thousands of records.
             let mut list: Vec<(u16, Name)> = Vec::with_capacity(records.len());
+            let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
             for (pref, exchange) in records.into_iter().filter(|(_, e)| !e.is_root()) {
-                match list.iter_mut().find(|(_, n)| *n == exchange) {
-                    Some(seen) => seen.0 = seen.0.min(pref),
-                    None => list.push((pref, exchange)),
+                match seen.entry(exchange.to_lowercase().to_ascii()) {
+                    std::collections::hash_map::Entry::Occupied(i) => {
+                        let kept = &mut list[*i.get()];
+                        kept.0 = kept.0.min(pref);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(list.len());
+                        list.push((pref, exchange));
+                    }
                 }
             }
             Ok(MxPlan::Exchangers(list))
@@ -101,6 +147,20 @@ pub(crate) fn read_mx(host: &str, mx: Outcome<(u16, Name)>) -> Result<MxPlan, Dn
         Outcome::NxDomain => Err(DnsError::NoSuchHost { host: host.to_owned() }),
         Outcome::Temporary(detail) => Err(DnsError::temporary(host, format!("MX lookup: {detail}"))),
     }
+}
+
+/// The exchangers to look up: at most [`MAX_EXCHANGERS`], the lowest
+/// preferences first, equal preferences in random order (so that the ones
+/// cut at the last preference kept are a random choice). Returns them, in
+/// that order, and how many were left out.
+pub(crate) fn select<T>(mut list: Vec<(u16, T)>, rng: &mut Rng) -> (Vec<(u16, T)>, usize) {
+    for i in (1..list.len()).rev() {
+        list.swap(i, rng.below(i + 1));
+    }
+    list.sort_by_key(|(pref, _)| *pref);
+    let cut = list.len().saturating_sub(MAX_EXCHANGERS);
+    list.truncate(MAX_EXCHANGERS);
+    (list, cut)
 }
 
 /// An exchanger waiting for its addresses.
@@ -139,7 +199,9 @@ pub(crate) fn combine(addrs: &Addrs) -> Result<Vec<IpAddr>, NoAddress> {
             _ => &[],
         }
     }
-    let list = interleave(found(&addrs.v6), found(&addrs.v4));
+    let v6 = first_distinct(found(&addrs.v6));
+    let v4 = first_distinct(found(&addrs.v4));
+    let list = interleave(&v6, &v4);
     if !list.is_empty() {
         return Ok(list);
     }
@@ -151,6 +213,34 @@ pub(crate) fn combine(addrs: &Addrs) -> Result<Vec<IpAddr>, NoAddress> {
         (Outcome::NxDomain, Outcome::NxDomain) => Err(NoAddress::NxDomain),
         _ => Err(NoAddress::NoData),
     }
+}
+
+/// The first [`MAX_ADDRESSES_PER_FAMILY`] distinct addresses of `list`.
+fn first_distinct<T: PartialEq + Copy>(list: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(MAX_ADDRESSES_PER_FAMILY);
+    for &a in list {
+        if out.len() == MAX_ADDRESSES_PER_FAMILY {
+            break;
+        }
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// How many distinct addresses of `addrs` [`combine`] leaves out.
+pub(crate) fn beyond_limit(addrs: &Addrs) -> usize {
+    fn cut<T: PartialEq + Copy + Eq + std::hash::Hash>(o: &Outcome<T>) -> usize {
+        match o {
+            Outcome::Found(v) => {
+                let distinct: std::collections::HashSet<T> = v.iter().copied().collect();
+                distinct.len().saturating_sub(MAX_ADDRESSES_PER_FAMILY)
+            }
+            _ => 0,
+        }
+    }
+    cut(&addrs.v6) + cut(&addrs.v4)
 }
 
 /// IPv6 and IPv4 in turn, IPv6 first, each family in its own order, the
@@ -547,5 +637,66 @@ mod tests {
         assert_eq!(o.clone().map(|x| (x != 2).then_some(x)), Outcome::Found(vec![1, 3]));
         assert_eq!(o.map(|_| None::<u8>), Outcome::NoData);
         assert_eq!(Outcome::<u8>::NxDomain.map(Some), Outcome::NxDomain);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn select_keeps_the_lowest_preferences_and_draws_among_ties() {
+        // 3000 exchangers: the ten of preference 0..=9 are kept, in order.
+        let list: Vec<(u16, usize)> = (0..3000).rev().map(|i| ((i % 3000) as u16, i)).collect();
+        let (kept, cut) = select(list, &mut Rng::new(1));
+        assert_eq!(cut, 2990);
+        assert_eq!(kept.iter().map(|(p, _)| *p).collect::<Vec<_>>(), (0..10).collect::<Vec<u16>>());
+        // Fewer than the limit: all kept, nothing cut.
+        let (kept, cut) = select(vec![(20, 'b'), (10, 'a')], &mut Rng::new(1));
+        assert_eq!((kept, cut), (vec![(10, 'a'), (20, 'b')], 0));
+        // 5 better ones, then 60 at one preference: 5 of those 60 make the
+        // cut, a different choice for different seeds, each of the 60 kept
+        // sometimes.
+        let list: Vec<(u16, usize)> = (0..60).map(|i| (20, i)).chain((60..65).map(|i| (10, i))).collect();
+        let mut kept_ever = std::collections::BTreeSet::new();
+        for seed in 0..400 {
+            let (kept, cut) = select(list.clone(), &mut Rng::new(seed));
+            assert_eq!(cut, 55);
+            assert_eq!(kept.len(), MAX_EXCHANGERS);
+            let mut best: Vec<usize> = kept[..5].iter().map(|(_, i)| *i).collect();
+            best.sort();
+            assert_eq!(best, [60, 61, 62, 63, 64]);
+            kept_ever.extend(kept[5..].iter().map(|(_, i)| *i));
+        }
+        assert_eq!(kept_ever.len(), 60, "{kept_ever:?}");
+    }
+
+    #[test]
+    fn addresses_are_capped_per_family_in_answer_order() {
+        let v4: Vec<Ipv4Addr> = (1..=200).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect();
+        let v6: Vec<Ipv6Addr> = (1..=3).map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)).collect();
+        let a = Addrs { v6: Outcome::Found(v6.clone()), v4: Outcome::Found(v4.clone()) };
+        let list = combine(&a).expect("addresses");
+        let want: Vec<IpAddr> =
+            vec![v6[0].into(), v4[0].into(), v6[1].into(), v4[1].into(), v6[2].into(), v4[2].into(), v4[3].into()];
+        assert_eq!(list, want);
+        assert_eq!(beyond_limit(&a), 196);
+        // Duplicates do not use up the limit.
+        let dup = Addrs { v6: Outcome::NoData, v4: Outcome::Found(vec![v4[0]; 1000]) };
+        assert_eq!(combine(&dup).expect("one"), vec![IpAddr::V4(v4[0])]);
+        assert_eq!(beyond_limit(&dup), 0);
+    }
+
+    #[test]
+    fn thousands_of_mx_records_are_read_in_linear_time_and_deduplicated() {
+        let mut records: Vec<(u16, Name)> = (0..5000u16)
+            .map(|i| (i % 100, Name::from_ascii(format!("mx{}.example.test.", i % 2500)).expect("name")))
+            .collect();
+        records.push((0, Name::from_ascii("MX7.Example.Test.").expect("name")));
+        let start = std::time::Instant::now();
+        let Ok(MxPlan::Exchangers(list)) = read_mx("example.test", Outcome::Found(records)) else { panic!() };
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+        assert_eq!(list.len(), 2500);
+        assert_eq!(list[7].0, 0, "the lowest preference of a name listed thrice, case-insensitively");
     }
 }

@@ -17,7 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::answer::{self, Answer};
 use crate::error::DnsError;
-use crate::plan::{self, Addrs, Candidate, Exchanger, MxPlan, NoAddress, Outcome, Rng, Source};
+use crate::plan::{
+    self, Addrs, Candidate, Cut, Exchanger, MAX_CONCURRENT_QUERIES, MxPlan, NoAddress, Outcome, Rng, Source,
+};
 use crate::servers::Servers;
 
 /// How long one attempt of one query may take, UDP retransmissions (at
@@ -63,6 +65,7 @@ pub struct Resolver {
     runtime: tokio::runtime::Runtime,
     pool: Pool,
     rng: Cell<Rng>,
+    cut: Cell<Cut>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -88,7 +91,7 @@ impl Resolver {
         let context = PoolContext::new(options, TlsConfig::new().map_err(std::io::Error::other)?);
         let configs = servers.addrs().iter().map(|&addr| name_server(addr));
         let pool = NameServerPool::from_config(configs, Arc::new(context), TokioRuntimeProvider::new());
-        Ok(Self { runtime, pool, rng: Cell::new(Rng::from_time_and_pid()) })
+        Ok(Self { runtime, pool, rng: Cell::new(Rng::from_time_and_pid()), cut: Cell::new(Cut::default()) })
     }
 
     /// Makes the order of equal preferences reproducible (tests).
@@ -96,8 +99,24 @@ impl Resolver {
         self.rng.set(Rng::new(seed));
     }
 
+    /// What the limits ([`MAX_EXCHANGERS`](crate::MAX_EXCHANGERS),
+    /// [`MAX_ADDRESSES_PER_FAMILY`](crate::MAX_ADDRESSES_PER_FAMILY)) left
+    /// out of the last [`plan_mx`](Self::plan_mx) or
+    /// [`resolve_host`](Self::resolve_host).
+    pub fn cut(&self) -> Cut {
+        self.cut.get()
+    }
+
     /// The delivery plan for mail to `host`: its exchangers, by preference,
     /// each with its addresses.
+    ///
+    /// Bounded whatever the answers: at most
+    /// [`MAX_EXCHANGERS`](crate::MAX_EXCHANGERS) exchangers (the lowest
+    /// preferences) are looked up, at most
+    /// [`MAX_CONCURRENT_QUERIES`](crate::MAX_CONCURRENT_QUERIES) queries
+    /// are in flight, and each exchanger keeps at most
+    /// [`MAX_ADDRESSES_PER_FAMILY`](crate::MAX_ADDRESSES_PER_FAMILY)
+    /// addresses of each family; [`cut`](Self::cut) says what was left out.
     ///
     /// * An address literal (`1.2.3.4`, `[1.2.3.4]`, `[IPv6:…]`, see
     ///   [`parse_literal`](crate::parse_literal)) is the one exchanger, with
@@ -121,14 +140,17 @@ impl Resolver {
     /// kept. `None`: no overall bound, but each query gives up after
     /// [`ATTEMPTS_WITHOUT_DEADLINE`] attempts.
     pub fn plan_mx(&self, host: &str, deadline: Option<Instant>) -> Result<Vec<Exchanger>, DnsError> {
-        if let Some(ip) = plan::parse_literal(host) {
-            return Ok(vec![Exchanger { name: host.to_owned(), pref: 0, addrs: vec![ip], source: Source::Literal }]);
+        if let Some(literal) = Exchanger::literal(host) {
+            self.cut.set(Cut::default());
+            return Ok(vec![literal]);
         }
         let name = plan::to_fqdn(host)?;
         let pool = self.pool.clone();
         let mut rng = self.rng.replace(Rng::new(0));
-        let result = self.runtime.block_on(plan_mx(pool, host, name, deadline, &mut rng));
+        let mut cut = Cut::default();
+        let result = self.runtime.block_on(plan_mx(pool, host, name, deadline, &mut rng, &mut cut));
         self.rng.set(rng);
+        self.cut.set(cut);
         result
     }
 
@@ -149,6 +171,7 @@ impl Resolver {
             let mut all = addresses(pool, vec![name], &[0], deadline).await;
             all.pop().unwrap_or(Addrs { v6: pending(), v4: pending() })
         });
+        self.cut.set(Cut { exchangers: 0, addresses: plan::beyond_limit(&addrs) });
         match plan::combine(&addrs) {
             Ok(list) => Ok(list),
             Err(NoAddress::Temporary(detail)) => Err(DnsError::temporary(host, detail)),
@@ -173,6 +196,7 @@ async fn plan_mx(
     name: Name,
     deadline: Option<Instant>,
     rng: &mut Rng,
+    cut: &mut Cut,
 ) -> Result<Vec<Exchanger>, DnsError> {
     let mx = within(deadline, query(pool.clone(), name.clone(), RecordType::MX, deadline)).await;
     let mx = mx.map(|data| match data {
@@ -184,30 +208,39 @@ async fn plan_mx(
         MxPlan::Implicit => {
             (vec![Candidate { name: plan::display_name(&name), pref: 0, source: Source::ImplicitMx }], vec![name])
         }
-        MxPlan::Exchangers(list) => list
-            .into_iter()
-            .map(|(pref, exchange)| {
-                (Candidate { name: plan::display_name(&exchange), pref, source: Source::Mx }, exchange)
-            })
-            .unzip(),
+        MxPlan::Exchangers(list) => {
+            let (list, beyond) = plan::select(list, rng);
+            cut.exchangers = beyond;
+            list.into_iter()
+                .map(|(pref, exchange)| {
+                    (Candidate { name: plan::display_name(&exchange), pref, source: Source::Mx }, exchange)
+                })
+                .unzip()
+        }
     };
     let prefs: Vec<u16> = candidates.iter().map(|c| c.pref).collect();
     let addrs = addresses(pool, names, &prefs, deadline).await;
+    cut.addresses = addrs.iter().map(plan::beyond_limit).sum();
     plan::assemble(host, candidates, &addrs, rng)
 }
 
-/// The AAAA and A outcomes of every name, all queried at once. `prefs`
+/// The AAAA and A outcomes of every name, queried at once, at most
+/// [`MAX_CONCURRENT_QUERIES`] at a time (in the order of `names`). `prefs`
 /// gives each name's MX preference: once the names of the lowest
 /// preference are all done and one of them has an address, the others get
 /// [`BACKUP_GRACE`] more, then count as temporary failures.
 async fn addresses(pool: Pool, names: Vec<Name>, prefs: &[u16], deadline: Option<Instant>) -> Vec<Addrs> {
     let mut tasks = JoinSet::new();
-    for (i, name) in names.iter().enumerate() {
-        for qtype in [RecordType::AAAA, RecordType::A] {
+    let mut queue =
+        names.iter().enumerate().flat_map(|(i, name)| [(i, name, RecordType::AAAA), (i, name, RecordType::A)]);
+    let mut spawn_more = |tasks: &mut JoinSet<(usize, RecordType, Outcome<RData>)>| {
+        while tasks.len() < MAX_CONCURRENT_QUERIES {
+            let Some((i, name, qtype)) = queue.next() else { break };
             let (pool, name) = (pool.clone(), name.clone());
             tasks.spawn(async move { (i, qtype, within(deadline, query(pool, name, qtype, deadline)).await) });
         }
-    }
+    };
+    spawn_more(&mut tasks);
     let mut out: Vec<Addrs> = names.iter().map(|_| Addrs { v6: pending(), v4: pending() }).collect();
     let mut done = vec![0u8; names.len()];
     let best = prefs.iter().copied().min().unwrap_or(0);
@@ -224,6 +257,9 @@ async fn addresses(pool: Pool, names: Vec<Name>, prefs: &[u16], deadline: Option
             },
         };
         let Some(joined) = joined else { break };
+        if grace.is_none() {
+            spawn_more(&mut tasks);
+        }
         // A task cannot fail but by a panic; its slot stays "pending".
         let Ok((i, qtype, outcome)) = joined else { continue };
         let Some(slot) = out.get_mut(i) else { continue };

@@ -3,8 +3,18 @@
 //! qmail keeps addresses unquoted (`we ird@example.com`); qmail-remote
 //! splits them at the last `@` and quotes the local part when it is not a
 //! dot-string (RFC 5321 §4.1.2): `"we ird"@example.com`, with `\` before
-//! `"` and `\`. The domain is passed on as it is. An address without `@` is
-//! treated as a local part alone (`<postmaster>`).
+//! `"` and `\`. An address without `@` is treated as a local part alone
+//! (`<postmaster>`).
+//!
+//! * The domain must be a domain name (labels of letters, digits, `-` and
+//!   `_`, or non-ASCII UTF-8, joined by single dots) or an address literal
+//!   (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, or RFC 5321's
+//!   `[tag:content]`); anything else is refused with
+//!   [`AddressError::BadDomain`]. The domain goes into the command as it
+//!   is, so without this check `x@evil.example> AUTH=<>` would end the path
+//!   and add an `AUTH=<>` parameter (and `NOTIFY=` or `ORCPT=` after
+//!   `RCPT TO`): `<`, `>`, spaces and control characters can only appear
+//!   in the local part, which is quoted.
 //!
 //! * The null sender `""` and qmail's double-bounce sender `#@[]` both
 //!   become `<>` (stock qmail sends `<#@[]>`, which servers often refuse;
@@ -39,6 +49,13 @@ pub enum AddressError {
     /// A recipient address is empty.
     #[error("empty recipient address")]
     EmptyRecipient,
+    /// The part after the last `@` is neither a domain name nor an
+    /// address literal.
+    #[error("the address {address:?} has a domain that is neither a domain name nor an address literal")]
+    BadDomain {
+        /// The address, lossily decoded.
+        address: String,
+    },
 }
 
 fn byte_name(b: u8) -> &'static str {
@@ -124,6 +141,46 @@ pub fn quote(local: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Whether `domain` (without its `@`) is a domain name: labels of ASCII
+/// letters, digits, `-` and `_` (found in real host names), or of non-ASCII
+/// characters that are neither spaces nor controls (an internationalized
+/// name, sent with SMTPUTF8), joined by single dots; at most 255 bytes.
+pub fn is_domain_name(domain: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(domain) else { return false };
+    !text.is_empty()
+        && text.len() <= 255
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || c == '-'
+                        || c == '_'
+                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
+                })
+        })
+}
+
+/// Whether `domain` is an address literal of RFC 5321 §4.1.3: `[IPv4]`,
+/// `[IPv6:addr]`, or `[tag:content]` with a tag of letters, digits and
+/// `-` and content of printable ASCII other than `[`, `\` and `]`.
+pub fn is_address_literal(domain: &[u8]) -> bool {
+    let Some(inner) = domain.strip_prefix(b"[").and_then(|d| d.strip_suffix(b"]")) else { return false };
+    let Ok(inner) = std::str::from_utf8(inner) else { return false };
+    if inner.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let Some((tag, content)) = inner.split_once(':') else { return false };
+    if tag.eq_ignore_ascii_case("IPv6") {
+        return content.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !tag.is_empty()
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !tag.starts_with('-')
+        && !tag.ends_with('-')
+        && !content.is_empty()
+        && content.bytes().all(|b| (33..=126).contains(&b) && !matches!(b, b'[' | b'\\' | b']'))
+}
+
 fn encode(address: &[u8]) -> Result<SmtpPath, AddressError> {
     if let Some(position) = address.iter().position(|b| matches!(b, b'\r' | b'\n' | 0)) {
         return Err(AddressError::Forbidden {
@@ -138,6 +195,10 @@ fn encode(address: &[u8]) -> Result<SmtpPath, AddressError> {
     };
     let mut path = if needs_quoting(local) { quote(local) } else { local.to_vec() };
     if let Some(domain) = domain {
+        let name = &domain[1..];
+        if !is_domain_name(name) && !is_address_literal(name) {
+            return Err(AddressError::BadDomain { address: String::from_utf8_lossy(address).into_owned() });
+        }
         path.extend_from_slice(domain);
     }
     Ok(SmtpPath { path, smtputf8: !address.is_ascii() })
@@ -197,7 +258,6 @@ mod tests {
             (b"tab\there@example.com", b"\"tab\there\"@example.com"),
             (b"postmaster", b"postmaster"),
             (b"post master", b"\"post master\""),
-            (b"#@[]", b"#@[]"),
             (b"user@[192.0.2.1]", b"user@[192.0.2.1]"),
             ("jöran@example.com".as_bytes(), "jöran@example.com".as_bytes()),
             ("user@exämple.com".as_bytes(), "user@exämple.com".as_bytes()),
@@ -224,6 +284,59 @@ mod tests {
             assert_eq!(encode_sender(addr), Err(want), "{addr:?}");
         }
         assert_eq!(encode_recipient(b""), Err(AddressError::EmptyRecipient));
+        // ESMTP parameters (or anything else) smuggled through the domain.
+        let smuggled: &[&[u8]] = &[
+            b"x@evil.example> AUTH=<>",
+            b"x@evil.example> NOTIFY=NEVER ORCPT=rfc822;a",
+            b"x@evil.example>",
+            b"x@<evil.example",
+            b"x@evil example",
+            b"x@evil.example\t",
+            b"x@evil.example\x0b",
+            b"x@evil.example\x7f",
+            b"x@",
+            b"x@.",
+            b"x@example..com",
+            b"x@.example.com",
+            b"x@example.com.",
+            b"x@exa\"mple.com",
+            b"x@exa(mple).com",
+            b"x@exa\xe4mple.com",
+            "x@exa\u{a0}mple.com".as_bytes(),
+            "x@exa\u{2028}mple.com".as_bytes(),
+            b"x@[]",
+            b"x@[192.0.2.1",
+            b"x@[192.0.2.1]>",
+            b"x@[192.0.2.1] AUTH=<>",
+            b"x@[IPv6:nonsense]",
+            b"x@[tag:a b]",
+            b"x@[tag:a]b]",
+            b"x@[-tag:x]",
+            b"x@[tag-:x]",
+            b"x@[:x]",
+            b"x@[tag:]",
+            b"#@[]x",
+        ];
+        for addr in smuggled {
+            let want = AddressError::BadDomain { address: String::from_utf8_lossy(addr).into_owned() };
+            assert_eq!(encode_recipient(addr), Err(want.clone()), "{:?}", String::from_utf8_lossy(addr));
+            assert_eq!(encode_sender(addr), Err(want), "{:?}", String::from_utf8_lossy(addr));
+        }
+        // What stays valid: the local part is quoted, whatever it holds.
+        for (addr, path) in [
+            (&b"a> AUTH=<>@example.com"[..], &b"\"a> AUTH=<>\"@example.com"[..]),
+            (b"x@[192.0.2.1]", b"x@[192.0.2.1]"),
+            (b"x@[IPv6:2001:db8::1]", b"x@[IPv6:2001:db8::1]"),
+            (b"x@[ipv6:::1]", b"x@[ipv6:::1]"),
+            (b"x@[x-tag:anything-printable]", b"x@[x-tag:anything-printable]"),
+            (b"x@under_score.example", b"x@under_score.example"),
+            (b"x@localhost", b"x@localhost"),
+            // Split at the last `@`: the rest is a quoted local part.
+            (b"x@evil.example> ORCPT=a@b", b"\"x@evil.example> ORCPT=a\"@b"),
+        ] {
+            assert_eq!(encode_recipient(addr).expect("valid").as_bytes(), path, "{addr:?}");
+        }
+        assert!(encode_recipient(format!("x@{}.test", "a.".repeat(130)).as_bytes()).is_err(), "longer than 255");
         let e = encode_recipient(b"a\r@b").expect_err("refused");
         assert_eq!(e.to_string(), "the address \"a\\r@b\" contains a carriage return at byte 1");
     }

@@ -22,6 +22,7 @@
 
 pub mod address;
 pub mod control;
+pub mod home;
 pub mod ipme;
 pub mod message;
 pub mod remote_io;

@@ -100,6 +100,9 @@ pub enum Skip {
     /// The server sent something that is not a reply before the
     /// transaction.
     Malformed(ReplyError),
+    /// Before the transaction, the server sent a reply to a command that
+    /// had not been sent yet (or to none at all).
+    Unexpected(Reply),
 }
 
 /// What became of one recipient.
@@ -238,12 +241,29 @@ enum State {
 }
 
 /// One delivery attempt on one connection.
+///
+/// Every command that expects a reply is recorded with the position of its
+/// last byte in the stream of everything [`Client::output`] ever held. A
+/// reply is matched to the oldest command not yet answered, and only if the
+/// caller has written that command whole ([`Client::consume_output`]): a
+/// reply that comes before its command (a server answering `MAIL` with
+/// `250`, `250`, `354` at once, without PIPELINING), or with no command
+/// left to answer, is a protocol violation. So the dialogue never moves on
+/// (to the next command, or to the body) on a reply the server could not
+/// have meant for what we sent.
 #[derive(Debug)]
 pub struct Client {
     attempt: Attempt,
     state: State,
     replies: ReplyReader,
     out: Vec<u8>,
+    /// Bytes ever queued in `out`.
+    queued: u64,
+    /// Bytes of `out` the caller has written.
+    written: u64,
+    /// The end positions (in `queued` terms) of the commands sent and not
+    /// yet answered, oldest first.
+    awaiting: std::collections::VecDeque<u64>,
     ext: Extensions,
     tls_active: bool,
     pipelined: bool,
@@ -261,6 +281,9 @@ impl Client {
             state: State::Greeting,
             replies: ReplyReader::new(),
             out: Vec::new(),
+            queued: 0,
+            written: 0,
+            awaiting: std::collections::VecDeque::new(),
             ext: Extensions::default(),
             tls_active: false,
             pipelined: false,
@@ -297,7 +320,9 @@ impl Client {
 
     /// Records that `n` bytes of [`Client::output`] were sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.out.drain(..n.min(self.out.len()));
+        let n = n.min(self.out.len());
+        self.out.drain(..n);
+        self.written += n as u64;
     }
 
     /// Whether the caller should read the server now.
@@ -305,11 +330,45 @@ impl Client {
         self.outcome.is_none() && !matches!(self.state, State::Handshake | State::Body | State::Done)
     }
 
+    /// Queues a command line that expects a reply.
     fn send(&mut self, parts: &[&[u8]]) {
         for p in parts {
-            self.out.extend_from_slice(p);
+            self.queue(p);
         }
-        self.out.extend_from_slice(b"\r\n");
+        self.queue(b"\r\n");
+        self.awaiting.push_back(self.queued);
+    }
+
+    /// Queues bytes that expect no reply of their own.
+    fn queue(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+        self.queued += bytes.len() as u64;
+    }
+
+    /// Matches a reply to the oldest unanswered command: `false` if there
+    /// is none, or if the caller has not written it whole yet.
+    fn reply_is_due(&mut self) -> bool {
+        if self.state == State::Greeting {
+            return true;
+        }
+        match self.awaiting.pop_front() {
+            Some(end) => end <= self.written,
+            None => false,
+        }
+    }
+
+    /// A reply ahead of its command: the server does not follow the
+    /// dialogue, so nothing more is sent (not even the commands queued and
+    /// not yet written, nor QUIT: only the close tells it we are gone).
+    fn unexpected(&mut self, reply: Reply) {
+        self.out.clear();
+        if self.before_transaction() {
+            self.finish(Outcome::Skip(Skip::Unexpected(reply)), false);
+        } else {
+            let detail = format!("a {} reply came before the command it answers", reply.code);
+            let after_dot = self.state == State::FinalReply;
+            self.final_verdict(Verdict::Protocol { detail, after_dot }, false);
+        }
     }
 
     fn before_transaction(&self) -> bool {
@@ -318,7 +377,7 @@ impl Client {
 
     fn finish(&mut self, outcome: Outcome, quit: bool) {
         if quit {
-            self.out.extend_from_slice(b"QUIT\r\n");
+            self.queue(b"QUIT\r\n");
         }
         self.state = State::Done;
         self.outcome = Some(outcome);
@@ -348,7 +407,8 @@ impl Client {
         {
             match self.replies.next_reply() {
                 None => return,
-                Some(Ok(reply)) => self.reply(reply),
+                Some(Ok(reply)) if self.reply_is_due() => self.reply(reply),
+                Some(Ok(reply)) => self.unexpected(reply),
                 Some(Err(e)) => self.malformed(e),
             }
         }
@@ -416,6 +476,7 @@ impl Client {
             // an attacker's reply waiting to be read as if it came through
             // TLS (the client side of STARTTLS injection): forget it.
             self.replies = ReplyReader::new();
+            self.awaiting.clear();
             let helo = self.attempt.helo.clone();
             self.send(&[b"EHLO ", helo.as_bytes()]);
             self.state = State::Ehlo { after_tls: true };
@@ -429,6 +490,9 @@ impl Client {
     pub fn body_sent(&mut self) {
         if self.state == State::Body && self.outcome.is_none() {
             self.state = State::FinalReply;
+            // The body and its dot are the command the next reply answers;
+            // the caller wrote them itself, so they count as written.
+            self.awaiting.push_back(self.written);
             // The reply may already be buffered.
             self.server_data(&[]);
         }
@@ -606,6 +670,13 @@ impl Client {
         let mail_ok = self.mail_reply.as_ref().is_some_and(Reply::is_positive);
         let go_ahead = reply.code == 354;
         if go_ahead && mail_ok && self.accepted_any() {
+            if self.replies.has_partial() {
+                // The server said more after its 354, before it had a byte
+                // of the message: it does not follow the dialogue.
+                self.out.clear();
+                let detail = "it sent more after its 354 before the message was sent".to_owned();
+                return self.final_verdict(Verdict::Protocol { detail, after_dot: false }, false);
+            }
             self.state = State::Body;
             return;
         }
@@ -613,7 +684,7 @@ impl Client {
             // A server that says 354 to a transaction with no sender or no
             // recipient: end the (empty) data before leaving, as RFC 2920
             // asks, so that QUIT is not read as message text.
-            self.out.extend_from_slice(b".\r\n");
+            self.queue(b".\r\n");
         }
         if !mail_ok {
             let r = self.mail_reply.take().expect("MAIL replied first");

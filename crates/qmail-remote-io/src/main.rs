@@ -201,6 +201,10 @@ fn skip_text(ip: std::net::IpAddr, s: &Skip) -> String {
         Skip::Died { during, timeout: true } => format!("Connected to {at} but it timed out during the {during}."),
         Skip::Died { during, timeout: false } => format!("Connected to {at} but connection died during the {during}."),
         Skip::Malformed(e) => format!("Connected to {at} but it does not speak SMTP: {e}."),
+        Skip::Unexpected(r) => format!(
+            "Connected to {at} but it broke the SMTP protocol: a {} reply came before the command it answers.",
+            r.code
+        ),
     }
 }
 
@@ -371,6 +375,15 @@ fn run(o: &Options) -> Ending {
                         tls_error = Some(e.to_string());
                         client.tls_done(false);
                     }
+                }
+            }
+            // The commands still queued go out before the first byte of
+            // the message.
+            Status::SendBody if !client.output().is_empty() => {
+                let out = client.output().to_vec();
+                match conn.write_all(&out) {
+                    Ok(()) => client.consume_output(out.len()),
+                    Err(e) => lost(&mut client, e, &mut tls_error),
                 }
             }
             Status::SendBody => match send_message(&mut conn) {

@@ -31,17 +31,35 @@ pub enum Attempted {
 /// The most bytes read from qmail-remote-io's report.
 const MAX_REPORT: usize = 1 << 20;
 
-/// Where qmail-remote-io is: beside this program, else in `PATH`.
-pub fn io_program() -> PathBuf {
-    if let Ok(me) = std::env::current_exe() {
-        if let Some(dir) = me.parent() {
-            let p = dir.join("qmail-remote-io");
-            if p.is_file() {
-                return p;
-            }
+/// Whether `path` is a regular file this process may execute.
+fn executable(path: &std::path::Path) -> bool {
+    path.is_file() && nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+/// Where qmail-remote-io is: beside this program, else in `PATH`; checked
+/// before any connection, so that a missing or non-executable program is
+/// a deferral that says nothing was sent, not a failed attempt after the
+/// server has answered.
+pub fn io_program() -> Result<PathBuf, String> {
+    const NAME: &str = "qmail-remote-io";
+    let beside = std::env::current_exe().ok().and_then(|me| me.parent().map(|dir| dir.join(NAME)));
+    if let Some(p) = &beside {
+        if executable(p) {
+            return Ok(p.clone());
         }
     }
-    PathBuf::from("qmail-remote-io")
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).filter(|d| d.is_absolute()) {
+        let p = dir.join(NAME);
+        if executable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(match beside {
+        Some(p) if p.exists() => format!("{} is not an executable file", p.display()),
+        Some(p) => format!("{NAME} is neither at {} nor in PATH", p.display()),
+        None => format!("{NAME} is not in PATH"),
+    })
 }
 
 /// Everything qmail-remote-io needs besides the target and the mode.
@@ -116,7 +134,11 @@ pub fn run(job: &Job<'_>, target: &Target, mode: TlsMode, sock: OwnedFd) -> Atte
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            return Attempted::Final(crashed(&format!("unable to run {}: {e}", job.program.display())));
+            // Nothing ran on the connection: nothing was sent.
+            return Attempted::Final(crate::report_of(chainmail_qmail::Final::custom(
+                chainmail_qmail::Verdict::Deferred,
+                format!("Unable to run {}: {e}; nothing was sent. (#4.3.0)\n", job.program.display()).as_bytes(),
+            )));
         }
     };
     let mut out = Vec::new();

@@ -18,6 +18,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
+use chainmail_dns::Cut;
 use chainmail_qmail::address::{encode_recipient, encode_sender};
 use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
 use chainmail_qmail::remote_io::TlsMode;
@@ -87,12 +88,19 @@ fn passes(control: &Control) -> Result<Vec<TlsMode>, Final> {
     })
 }
 
+/// The most connections one delivery opens (refused and timed-out ones
+/// included; addresses skipped for tcpto are not counted). With
+/// `timeoutconnect` 60 that bounds the connecting to ten minutes, however
+/// many addresses the DNS gives; see doc/qmail-remote.md, Limits.
+pub const MAX_CONNECTION_ATTEMPTS: usize = 10;
+
 fn describe(t: &Target) -> String {
     chainmail_qmail::report::fmt_ip(t.ip)
 }
 
-/// Tries the targets, pass after pass, until one gives a final report.
-fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
+/// Tries the targets, pass after pass, until one gives a final report, or
+/// until [`MAX_CONNECTION_ATTEMPTS`] connections were made.
+fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
     let passes = match passes(job.control) {
         Ok(p) => p,
         Err(f) => return report_of(f),
@@ -103,6 +111,8 @@ fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
     // Targets that talked SMTP but not TLS, for the plaintext pass of
     // tlsstrictness 1.
     let mut without_tls: Vec<&Target> = Vec::new();
+    let mut attempts = 0usize;
+    let mut not_tried = 0usize;
     for (pass, &mode) in passes.iter().enumerate() {
         let list: Vec<&Target> = if pass == 0 { targets.iter().collect() } else { std::mem::take(&mut without_tls) };
         for target in list {
@@ -114,6 +124,11 @@ fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
             // At most two dialogues per address: a failed opportunistic
             // handshake is retried once in plaintext.
             for _ in 0..2 {
+                if attempts == MAX_CONNECTION_ATTEMPTS {
+                    not_tried += 1;
+                    break;
+                }
+                attempts += 1;
                 let sock = match connect_within(target.ip, target.port, job.control.timeout_connect) {
                     Ok(s) => {
                         let _ = tcpto.record(target.ip, unix_now(), false);
@@ -155,6 +170,25 @@ fn deliver(job: &Job<'_>, targets: &[Target]) -> Vec<u8> {
         text.push_str(n);
         text.push('\n');
     }
+    if not_tried > 0 {
+        text.push_str(&format!(
+            "{not_tried} more addresses were not tried: qmail-remote makes at most {MAX_CONNECTION_ATTEMPTS} connections per delivery.\n"
+        ));
+    }
+    if cut.exchangers > 0 {
+        text.push_str(&format!(
+            "{} more mail exchangers were ignored: qmail-remote uses at most {} per domain.\n",
+            cut.exchangers,
+            chainmail_dns::MAX_EXCHANGERS
+        ));
+    }
+    if cut.addresses > 0 {
+        text.push_str(&format!(
+            "{} more addresses were ignored: qmail-remote uses at most {} of each family per exchanger.\n",
+            cut.addresses,
+            chainmail_dns::MAX_ADDRESSES_PER_FAMILY
+        ));
+    }
     report_of(Final::custom(Verdict::Deferred, text.as_bytes()))
 }
 
@@ -188,10 +222,26 @@ fn run(args: &[OsString]) -> Vec<u8> {
     if let Err(report) = check_envelope(sender, recipients) {
         return report;
     }
-    let home = chainmail_qmail::control::qmail_home_from_env();
+    let home = match chainmail_qmail::home::qmail_home_of_process() {
+        Ok(h) => h,
+        Err(e) => {
+            return report_of(Final::custom(
+                Verdict::Deferred,
+                format!("Unable to find the qmail home: {e}. (#4.3.0)\n").as_bytes(),
+            ));
+        }
+    };
     if std::env::set_current_dir(&home).is_err() {
         return report_of(Final::no_home());
     }
+    // Before any DNS query or connection.
+    let program = match attempt::io_program() {
+        Ok(p) => p,
+        Err(why) => {
+            let text = format!("Unable to run qmail-remote-io: {why}; nothing was sent. (#4.3.0)\n");
+            return report_of(Final::custom(Verdict::Deferred, text.as_bytes()));
+        }
+    };
     let control = match Control::load(&home) {
         Ok(c) => c,
         Err(_) => return report_of(Final::unreadable_control()),
@@ -200,13 +250,12 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(f) => f,
         Err(f) => return report_of(f),
     };
-    let targets = match plan::plan(host.as_bytes(), &control) {
+    let (targets, cut) = match plan::plan(host.as_bytes(), &control) {
         Ok(t) => t,
         Err(f) => return report_of(f),
     };
-    let program = attempt::io_program();
     let job = Job { control: &control, facts, sender, recipients, program: &program };
-    deliver(&job, &targets)
+    deliver(&job, &targets, cut)
 }
 
 fn main() -> ExitCode {

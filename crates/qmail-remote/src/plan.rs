@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use chainmail_dns::{DnsError, Exchanger, Resolver, Servers};
+use chainmail_dns::{Cut, DnsError, Exchanger, Resolver, Servers};
 use chainmail_qmail::Final;
 use chainmail_qmail::control::Control;
 use chainmail_qmail::ipme::Ipme;
@@ -75,8 +75,9 @@ pub fn targets_of(exchangers: &[Exchanger], port: u16, literal: bool) -> Vec<Tar
     out
 }
 
-/// The addresses to try for `host`, best first.
-pub fn plan(host: &[u8], control: &Control) -> Result<Vec<Target>, Final> {
+/// The addresses to try for `host`, best first, and what the DNS limits
+/// left out.
+pub fn plan(host: &[u8], control: &Control) -> Result<(Vec<Target>, Cut), Final> {
     let routes = Routes::open(&control.home)
         .map_err(|e| temporary(format!("Unable to read control/smtproutes: {e}. (#4.3.0)\n")))?;
     let route =
@@ -92,11 +93,12 @@ pub fn plan(host: &[u8], control: &Control) -> Result<Vec<Target>, Final> {
         // A route to a relay: no MX lookup, and no check for this host's
         // own addresses (the administrator asked for it).
         Some(route) => {
-            let (addrs, name) = match &route.relay {
-                Relay::Ip(ip) => (vec![*ip], None),
+            let (addrs, name, cut) = match &route.relay {
+                Relay::Ip(ip) => (vec![*ip], None, Cut::default()),
                 Relay::Host(name) => {
-                    let addrs = resolver()?.resolve_host(name, deadline).map_err(|e| dns_failure(name, &e))?;
-                    (addrs, Some(name.clone()))
+                    let resolver = resolver()?;
+                    let addrs = resolver.resolve_host(name, deadline).map_err(|e| dns_failure(name, &e))?;
+                    (addrs, Some(name.clone()), resolver.cut())
                 }
             };
             let mut out: Vec<Target> = Vec::new();
@@ -105,13 +107,21 @@ pub fn plan(host: &[u8], control: &Control) -> Result<Vec<Target>, Final> {
                     out.push(Target { ip, port: route.port, name: name.clone() });
                 }
             }
-            Ok(out)
+            Ok((out, cut))
         }
         None => {
-            let exchangers = resolver()?.plan_mx(host_str, deadline).map_err(|e| dns_failure(host_str, &e))?;
+            // An address literal needs no DNS, not even a resolver.
+            let (exchangers, cut) = match Exchanger::literal(host_str) {
+                Some(literal) => (vec![literal], Cut::default()),
+                None => {
+                    let resolver = resolver()?;
+                    let exchangers = resolver.plan_mx(host_str, deadline).map_err(|e| dns_failure(host_str, &e))?;
+                    (exchangers, resolver.cut())
+                }
+            };
             let ipme = Ipme::load(&control.home).map_err(|_| Final::unreadable_control())?;
             let exchangers = without_me(exchangers, &ipme)?;
-            Ok(targets_of(&exchangers, 25, false))
+            Ok((targets_of(&exchangers, 25, false), cut))
         }
     }
 }

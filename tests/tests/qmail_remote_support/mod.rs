@@ -212,18 +212,34 @@ impl Home {
     /// ever asks the real resolver).
     /// Checks the exit code, stderr and the report format.
     pub fn run(&self, env: &[(&str, &str)], args: &[&[u8]], message: &[u8], limit: Duration) -> Report {
+        let home = self.path.to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "QMAILHOME") {
+            env.push(("QMAILHOME", &home));
+        }
+        self.run_program(&bin("qmail-remote"), Path::new("/"), &env, args, message, limit)
+    }
+
+    /// Runs `program` (qmail-remote, or a copy of it) in the directory
+    /// `cwd`, as [`Home::run`] does but with no `QMAILHOME` unless `env`
+    /// sets it.
+    pub fn run_program(
+        &self,
+        program: &Path,
+        cwd: &Path,
+        env: &[(&str, &str)],
+        args: &[&[u8]],
+        message: &[u8],
+        limit: Duration,
+    ) -> Report {
         let msg = self.message_file(message);
         let mut env: Vec<(&str, &str)> = env.to_vec();
         if !env.iter().any(|(k, _)| *k == "DNSCACHEIP") {
             env.push(("DNSCACHEIP", "127.0.0.1:9"));
         }
-        let home = self.path.to_string_lossy().into_owned();
-        if !env.iter().any(|(k, _)| *k == "QMAILHOME") {
-            env.push(("QMAILHOME", &home));
-        }
-        let mut argv: Vec<OsString> = vec![bin("qmail-remote").into()];
+        let mut argv: Vec<OsString> = vec![program.into()];
         argv.extend(args.iter().map(|a| OsString::from(std::ffi::OsStr::from_bytes(a))));
-        let (out, repro) = run_with_stdin_file(&argv, &env, &msg, limit);
+        let (out, repro) = run_with_stdin_file_in(&argv, &env, &msg, limit, cwd);
         let records = parse_records(&out.stdout);
         let (rspawn_letter, rspawn_text) = rspawn(&out.stdout);
         let report = Report { out, repro, records: records.clone().unwrap_or_default(), rspawn_letter, rspawn_text };
@@ -253,10 +269,21 @@ impl Home {
 /// same process group, which the runner kills on timeout). Returns the
 /// output and a shell command line that repeats the run.
 pub fn run_with_stdin_file(argv: &[OsString], env: &[(&str, &str)], stdin: &Path, limit: Duration) -> (Output, String) {
+    run_with_stdin_file_in(argv, env, stdin, limit, Path::new("/"))
+}
+
+/// [`run_with_stdin_file`] in the directory `cwd`.
+pub fn run_with_stdin_file_in(
+    argv: &[OsString],
+    env: &[(&str, &str)],
+    stdin: &Path,
+    limit: Duration,
+    cwd: &Path,
+) -> (Output, String) {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg("exec \"$0\" \"$@\" <\"$QR_TEST_STDIN\"").args(argv);
-    cmd.env_clear().env("PATH", CHILD_PATH).env("QR_TEST_STDIN", stdin).current_dir("/");
-    let mut repro = format!("cd / && env -i PATH={CHILD_PATH}");
+    cmd.env_clear().env("PATH", CHILD_PATH).env("QR_TEST_STDIN", stdin).current_dir(cwd);
+    let mut repro = format!("cd {} && env -i PATH={CHILD_PATH}", cwd.display());
     for (k, v) in env {
         cmd.env(k, v);
         repro.push_str(&format!(" {k}='{v}'"));

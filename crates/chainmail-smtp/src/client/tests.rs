@@ -131,6 +131,15 @@ fn drive_all(make: impl Fn() -> (Client, Script), tls_ok: bool) -> (Outcome, Scr
     (want, s)
 }
 
+/// Feeds each reply after writing whatever the client has queued, as a
+/// server that answers only what it got.
+fn feed(c: &mut Client, replies: &[&[u8]]) {
+    for r in replies {
+        c.consume_output(usize::MAX);
+        c.server_data(r);
+    }
+}
+
 fn delivered(o: &Outcome) -> bool {
     matches!(o, Outcome::Final { verdict: Verdict::Delivered(_), .. })
 }
@@ -450,14 +459,14 @@ fn connection_lost_at_each_stage() {
     assert!(matches!(c.status(), Status::Done(Outcome::Skip(Skip::Died { during: "EHLO", timeout: true }))));
     // During the transaction: final, temporary.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
-    c.server_data(b"220 hi\r\n250 mx\r\n");
+    feed(&mut c, &[b"220 hi\r\n", b"250 mx\r\n"]);
     c.server_closed();
     let Status::Done(Outcome::Final { verdict: v, .. }) = c.status() else { panic!() };
     assert_eq!(v, Verdict::ConnectionDied { after_dot: false, timeout: false });
     assert!(!v.is_permanent());
     // After the dot: possible duplicate.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
-    c.server_data(b"220 hi\r\n250 mx\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    feed(&mut c, &[b"220 hi\r\n", b"250 mx\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"]);
     assert_eq!(c.status(), Status::SendBody);
     c.body_sent();
     c.server_data(b"25");
@@ -472,16 +481,16 @@ fn tls_breaking_after_the_handshake() {
     // Right after the handshake (TLS 1.3 client certificate refused): a
     // TLS failure, so that opportunistic TLS falls back to plaintext.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Try));
-    c.server_data(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n220 go\r\n");
+    feed(&mut c, &[b"220 hi\r\n", b"250-mx\r\n250 STARTTLS\r\n", b"220 go\r\n"]);
     assert_eq!(c.status(), Status::StartTls);
     c.tls_done(true);
     c.server_closed();
     assert_eq!(c.status(), Status::Done(Outcome::TlsFailed(None)));
     // During the transaction: the connection died.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Try));
-    c.server_data(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n220 go\r\n");
+    feed(&mut c, &[b"220 hi\r\n", b"250-mx\r\n250 STARTTLS\r\n", b"220 go\r\n"]);
     c.tls_done(true);
-    c.server_data(b"250 mx\r\n");
+    feed(&mut c, &[b"250 mx\r\n"]);
     c.server_closed();
     assert!(matches!(
         c.status(),
@@ -515,4 +524,97 @@ fn extensions_parse() {
     // The greeting line is not a keyword.
     let r = Reply { code: 250, lines: vec![b"STARTTLS".to_vec()] };
     assert!(!Extensions::from_ehlo(&r).starttls);
+}
+
+/// Replies sent ahead of the commands they answer, each with what the
+/// server may have seen: nothing after the command whose reply was early.
+#[test]
+fn replies_ahead_of_their_commands_are_a_protocol_violation() {
+    fn protocol(o: &Outcome) -> bool {
+        matches!(o, Outcome::Final { verdict: Verdict::Protocol { after_dot: false, .. }, .. })
+    }
+    // (EHLO reply, command prefix, its replies, what the server gets (no
+    // QUIT either), the outcome test)
+    type Case = (&'static str, &'static str, &'static str, &'static [&'static str], fn(&Outcome) -> bool);
+    let cases: &[Case] = &[
+        // MAIL answered with its reply and those of RCPT and DATA, without
+        // PIPELINING: neither RCPT nor DATA nor the body may follow.
+        (EHLO_PLAIN, "MAIL", "250 ok\r\n250 ok\r\n354 go\r\n", &["EHLO me.test", "MAIL FROM:<a@b.test>"], protocol),
+        // One reply too many after the first RCPT: it would be DATA's.
+        (
+            EHLO_PLAIN,
+            "RCPT TO:<x@y.test>",
+            "250 ok\r\n250 ok\r\n",
+            &["EHLO me.test", "MAIL FROM:<a@b.test>", "RCPT TO:<x@y.test>"],
+            protocol,
+        ),
+    ];
+    for &(ehlo, prefix, replies, want_log, check) in cases {
+        let (o, s) = drive_all(
+            || (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(ehlo).with(prefix, replies)),
+            true,
+        );
+        assert!(check(&o), "{prefix}: {o:?}");
+        assert!(!s.log.iter().any(|l| l == "<BODY>"), "{prefix}: {:?}", s.log);
+        assert_eq!(s.log, want_log, "{prefix}");
+    }
+    // A greeting followed at once by a reply to EHLO, which was not sent.
+    let (o, s) = drive_all(
+        || {
+            let mut script = Script::new(EHLO_PLAIN);
+            script.greeting = "220 mx.test\r\n250 mx.test\r\n";
+            (Client::new(attempt(&["x@y.test"], TlsWish::Off)), script)
+        },
+        true,
+    );
+    assert!(matches!(o, Outcome::Skip(Skip::Unexpected(_))), "{o:?}");
+    assert!(s.log.is_empty(), "{:?}", s.log);
+}
+
+/// A reply that came in pieces, its command written in pieces too: due
+/// only once the command's last byte is out.
+#[test]
+fn a_reply_is_due_only_after_its_command_is_written_whole() {
+    let mut c = Client::new(attempt(&["x@y.test"], TlsWish::Off));
+    c.server_data(b"220 mx.test\r\n");
+    assert_eq!(c.output(), b"EHLO me.test\r\n");
+    c.consume_output(5);
+    c.server_data(b"250 mx.test\r\n");
+    assert!(
+        matches!(c.status(), Status::Done(Outcome::Skip(Skip::Unexpected(_)))),
+        "EHLO was half written: {:?}",
+        c.status()
+    );
+    assert!(c.output().is_empty(), "nothing more is sent");
+
+    let mut c = Client::new(attempt(&["x@y.test"], TlsWish::Off));
+    c.server_data(b"220 mx.test\r\n");
+    c.consume_output(5);
+    c.consume_output(100);
+    c.server_data(b"250 mx.test\r\n");
+    assert_eq!(c.status(), Status::Running);
+    assert_eq!(c.output(), b"MAIL FROM:<a@b.test>\r\n");
+}
+
+/// Bytes that came after DATA's 354, before the body was sent: the body is
+/// not sent.
+#[test]
+fn bytes_after_the_354_stop_the_body() {
+    for extra in [&b"250 ok\r\n"[..], b"2", b"354 again\r\n"] {
+        let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
+        feed(&mut c, &[b"220 hi\r\n", b"250 mx\r\n", b"250 ok\r\n", b"250 ok\r\n"]);
+        c.consume_output(usize::MAX);
+        let mut data = b"354 go\r\n".to_vec();
+        data.extend_from_slice(extra);
+        c.server_data(&data);
+        assert!(
+            matches!(
+                c.status(),
+                Status::Done(Outcome::Final { verdict: Verdict::Protocol { after_dot: false, .. }, .. })
+            ),
+            "{extra:?}: {:?}",
+            c.status()
+        );
+        assert!(c.output().is_empty());
+    }
 }
