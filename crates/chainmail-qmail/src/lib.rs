@@ -34,7 +34,7 @@ pub mod tcpto;
 mod testutil;
 
 pub use address::{AddressError, SmtpPath};
-pub use control::{Control, ControlError, TlsStrictness, TrustAnchors};
+pub use control::{Control, ControlError, NoTrustAnchors, TlsStrictness};
 pub use ipme::{Ipme, IpmeError};
 pub use report::{Final, RemoteText, Report, Verdict};
 pub use routes::{Relay, Route, RouteTable, Routes, RoutesError};

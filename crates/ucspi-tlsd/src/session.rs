@@ -1,4 +1,4 @@
-//! The poll loop that drives a [`chainmail_tls::Engine`] over the real
+//! The poll loop that drives a [`chainmail_tls::ServerEngine`] over the real
 //! descriptors: the network on 0/1, the application's two pipes.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -7,7 +7,7 @@ use std::time::Duration;
 use chainmail_sys::Deadline;
 use chainmail_sys::fd::{self, FdIo, Kind};
 use chainmail_sys::{net, poll};
-use chainmail_tls::{Engine, EngineError, Step};
+use chainmail_tls::{EngineError, ServerEngine, Step};
 use nix::poll::{PollFd, PollFlags};
 
 /// How long what the application sent before its EOF may take to leave.
@@ -80,10 +80,10 @@ impl Session {
     /// waiting, then flushes pending TLS output with one write. The rounds
     /// are bounded so that a client streaming at full speed cannot delay
     /// the flush (and the replies in it) indefinitely.
-    pub fn pump(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
+    pub fn pump(&mut self, engine: &mut ServerEngine) -> Result<(), EngineError> {
         for _ in 0..MAX_ROUNDS {
             let mut moved = false;
-            if engine.wants().net_read && (self.net_readable || engine.has_buffered_net()) {
+            if engine.wants().net_read && self.net_readable {
                 match engine.read_net(&mut FdIo(self.net_r.as_fd()))? {
                     Step::Blocked => self.net_readable = false,
                     Step::Moved(n) => moved |= n > 0,
@@ -123,7 +123,7 @@ impl Session {
     }
 
     /// Closes what the engine is done with.
-    fn settle(&mut self, engine: &mut Engine) {
+    fn settle(&mut self, engine: &mut ServerEngine) {
         if self.app_w.is_some() && !engine.app_output_open() {
             self.app_w = None; // the application reads EOF
         }
@@ -148,7 +148,7 @@ impl Session {
     }
 
     /// Waits until a descriptor the engine wants is ready, or `deadline`.
-    pub fn wait(&mut self, engine: &mut Engine, deadline: Deadline) -> std::io::Result<Waited> {
+    pub fn wait(&mut self, engine: &mut ServerEngine, deadline: Deadline) -> std::io::Result<Waited> {
         let w = engine.wants();
         let placeholder = self.net_r.as_fd();
         let mut pfds: [PollFd<'_>; 4] = std::array::from_fn(|_| PollFd::new(placeholder, PollFlags::empty()));
@@ -217,7 +217,7 @@ impl Session {
     }
 
     /// Runs the handshake until it completes, fails, or `deadline`.
-    pub fn handshake(&mut self, engine: &mut Engine, deadline: Deadline) -> Result<(), HandshakeError> {
+    pub fn handshake(&mut self, engine: &mut ServerEngine, deadline: Deadline) -> Result<(), HandshakeError> {
         loop {
             self.pump(engine).map_err(HandshakeError::Engine)?;
             if !engine.is_handshaking() {
@@ -261,10 +261,11 @@ impl Session {
     /// Relays until the session is over, or until nothing happened on any
     /// descriptor for `idle` (`RelayError::Idle`).
     ///
-    /// A session idle for [`TRIM_AFTER`] gives its code pages back
-    /// (`release_clean_file_pages`), once per idle period: an idle
-    /// engine then costs its data, not the code its handshake ran.
-    pub fn relay(&mut self, engine: &mut Engine, idle: Option<Duration>) -> Result<(), RelayError> {
+    /// A session idle for [`TRIM_AFTER`] gives its empty buffers and its
+    /// code pages back (`Engine::trim`, `release_clean_file_pages`), once
+    /// per idle period: an idle engine then costs its data, not the code
+    /// its handshake ran.
+    pub fn relay(&mut self, engine: &mut ServerEngine, idle: Option<Duration>) -> Result<(), RelayError> {
         let mut flush_deadline = Deadline::NEVER;
         let idle_deadline = || idle.map_or(Deadline::NEVER, Deadline::after);
         let mut quiet_until = idle_deadline();
@@ -285,6 +286,7 @@ impl Session {
                 Waited::TimedOut if flush_deadline.expired() => return Err(RelayError::FlushTimeout),
                 Waited::TimedOut if quiet_until.expired() => return Err(RelayError::Idle),
                 Waited::TimedOut if trim_at.expired() => {
+                    engine.trim();
                     let _ = chainmail_sys::process::release_clean_file_pages();
                     trim_at = Deadline::NEVER;
                 }
@@ -296,7 +298,7 @@ impl Session {
 
     /// After a failure: sends what rustls queued (the alert), once, and
     /// shuts the network's write side.
-    pub fn abort(&mut self, engine: &mut Engine) {
+    pub fn abort(&mut self, engine: &mut ServerEngine) {
         if let Some(w) = &self.net_w {
             let _ = engine.write_net(&mut FdIo(w.as_fd()));
         }
