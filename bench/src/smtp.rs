@@ -42,42 +42,100 @@ impl Kx {
     }
 }
 
-/// Which TLS 1.3 cipher suites the client offers.
+/// Which cipher suites the client offers (the TLS 1.3 suite and, for
+/// TLS 1.2, the ECDHE suites with the same AEAD, for ECDSA and RSA keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suite {
     /// rustls' default order: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305.
     Default,
-    /// TLS_AES_128_GCM_SHA256 only.
+    /// AES-128-GCM only.
     Aes128,
-    /// TLS_AES_256_GCM_SHA384 only.
+    /// AES-256-GCM only.
     Aes256,
+    /// ChaCha20-Poly1305 only.
+    Chacha20,
 }
 
 impl Suite {
-    /// Parses `default`, `aes128` or `aes256`.
+    /// Parses `default`, `aes128`, `aes256` or `chacha20`.
     pub fn parse(s: &str) -> Option<Suite> {
         match s {
             "default" => Some(Suite::Default),
             "aes128" => Some(Suite::Aes128),
             "aes256" => Some(Suite::Aes256),
+            "chacha20" => Some(Suite::Chacha20),
             _ => None,
+        }
+    }
+
+    /// The suites offered, TLS 1.3 first; `None` for rustls' default list.
+    fn suites(self) -> Option<Vec<rustls::SupportedCipherSuite>> {
+        use aws_lc_rs::cipher_suite as cs;
+        match self {
+            Suite::Default => None,
+            Suite::Aes128 => Some(vec![
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ]),
+            Suite::Aes256 => Some(vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            ]),
+            Suite::Chacha20 => Some(vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]),
+        }
+    }
+}
+
+/// Which TLS versions the client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// TLS 1.3 and TLS 1.2 (the server chooses: 1.3 with both servers here).
+    Any,
+    /// TLS 1.2 only.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl Version {
+    /// Parses `any`, `1.2` or `1.3`.
+    pub fn parse(s: &str) -> Option<Version> {
+        match s {
+            "any" => Some(Version::Any),
+            "1.2" => Some(Version::Tls12),
+            "1.3" => Some(Version::Tls13),
+            _ => None,
+        }
+    }
+
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+        static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Version::Any => rustls::DEFAULT_VERSIONS,
+            Version::Tls12 => &TLS12,
+            Version::Tls13 => &TLS13,
         }
     }
 }
 
 /// A client configuration trusting the CA certificates in `ca` (PEM),
 /// without session resumption.
-pub fn client_config(ca: &Path, kx: Kx, suite: Suite) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(ca: &Path, kx: Kx, suite: Suite, version: Version) -> Result<Arc<ClientConfig>, String> {
     let mut provider: CryptoProvider = aws_lc_rs::default_provider();
     match kx {
         Kx::Default => {}
         Kx::X25519 => provider.kx_groups = vec![aws_lc_rs::kx_group::X25519],
         Kx::P256 => provider.kx_groups = vec![aws_lc_rs::kx_group::SECP256R1],
     }
-    match suite {
-        Suite::Default => {}
-        Suite::Aes128 => provider.cipher_suites = vec![aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
-        Suite::Aes256 => provider.cipher_suites = vec![aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384],
+    if let Some(suites) = suite.suites() {
+        provider.cipher_suites = suites;
     }
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
@@ -86,7 +144,7 @@ pub fn client_config(ca: &Path, kx: Kx, suite: Suite) -> Result<Arc<ClientConfig
         roots.add(cert).map_err(|e| format!("cannot trust {}: {e}", ca.display()))?;
     }
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(version.versions())
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -274,13 +332,24 @@ pub struct SessionSpec {
     pub name: ServerName<'static>,
     /// TCP_NODELAY on the client socket.
     pub nodelay: bool,
-    /// TLS from the first byte (SMTPS) instead of STARTTLS.
-    pub implicit_tls: bool,
+    /// STARTTLS, TLS from the first byte, or no TLS at all.
+    pub transport: Transport,
     /// The message, dot-stuffed, with CRLF line ends, without the final
     /// dot line.
     pub body: Arc<Vec<u8>>,
     /// The limit for each read and write.
     pub timeout: Duration,
+}
+
+/// How a session gets (or does not get) TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// EHLO, STARTTLS, the handshake, EHLO again.
+    Starttls,
+    /// TLS from the first byte (SMTPS), then EHLO.
+    Implicit,
+    /// A client that never says STARTTLS: EHLO, and the mail in plaintext.
+    Plain,
 }
 
 /// The client's name in EHLO.
@@ -296,7 +365,8 @@ fn mark(marks: &mut Option<&mut Marks>, step: &'static str) {
     }
 }
 
-/// Connects and goes as far as the EHLO after the TLS handshake.
+/// Connects and goes as far as the EHLO after the TLS handshake (the
+/// first EHLO with [`Transport::Plain`]).
 pub fn open_tls_session(spec: &SessionSpec) -> Result<Client, Failure> {
     open_marked(spec, &mut None)
 }
@@ -305,20 +375,30 @@ fn open_marked(spec: &SessionSpec, marks: &mut Option<&mut Marks>) -> Result<Cli
     mark(marks, "start");
     let mut c = Client::connect(spec.addr, spec.nodelay, spec.timeout)?;
     mark(marks, "connect");
-    if spec.implicit_tls {
-        c.start_tls(&spec.tls, &spec.name)?;
-        mark(marks, "handshake");
-        c.expect("greeting", 220)?;
-        mark(marks, "greeting");
-    } else {
-        c.expect("greeting", 220)?;
-        mark(marks, "greeting");
-        c.command("EHLO", HELO, 250)?;
-        mark(marks, "ehlo");
-        c.command("STARTTLS", "STARTTLS", 220)?;
-        mark(marks, "starttls");
-        c.start_tls(&spec.tls, &spec.name)?;
-        mark(marks, "handshake");
+    match spec.transport {
+        Transport::Implicit => {
+            c.start_tls(&spec.tls, &spec.name)?;
+            mark(marks, "handshake");
+            c.expect("greeting", 220)?;
+            mark(marks, "greeting");
+        }
+        Transport::Starttls => {
+            c.expect("greeting", 220)?;
+            mark(marks, "greeting");
+            c.command("EHLO", HELO, 250)?;
+            mark(marks, "ehlo");
+            c.command("STARTTLS", "STARTTLS", 220)?;
+            mark(marks, "starttls");
+            c.start_tls(&spec.tls, &spec.name)?;
+            mark(marks, "handshake");
+        }
+        Transport::Plain => {
+            c.expect("greeting", 220)?;
+            mark(marks, "greeting");
+            c.command("EHLO", HELO, 250)?;
+            mark(marks, "ehlo");
+            return Ok(c);
+        }
     }
     c.command("EHLO after TLS", HELO, 250)?;
     mark(marks, "ehlo2");
@@ -337,7 +417,7 @@ pub fn quit(mut c: Client) -> Result<(), Failure> {
 /// parameters. With `marks`, records when each step ended.
 pub fn full_session(spec: &SessionSpec, mut marks: Option<&mut Marks>) -> Result<String, Failure> {
     let mut c = open_marked(spec, &mut marks)?;
-    let info = c.tls_info().unwrap_or_default();
+    let info = c.tls_info().unwrap_or_else(|| "plaintext".into());
     c.command("MAIL", "MAIL FROM:<load@client.bench.test>", 250)?;
     mark(&mut marks, "mail");
     c.command("RCPT", "RCPT TO:<sink@test.smtpd>", 250)?;

@@ -5,8 +5,8 @@
 //! smtp-load bulk ADDR --ca CA [--size 256M] [--server-pid PID [--include-root] [--exclude-comm NAME]...] [common]
 //! smtp-load idle ADDR --ca CA -k K --server-pid PID [--include-root] [--exclude-comm NAME]... [common]
 //!
-//! common: [--name mx.bench.test] [--nodelay] [--implicit-tls] [--kx default|x25519|p256]
-//!         [--suite default|aes128|aes256] [--body 1K] [--timeout 10s]
+//! common: [--name mx.bench.test] [--nodelay] [--implicit-tls | --plaintext] [--tls any|1.2|1.3]
+//!         [--kx default|x25519|p256] [--suite default|aes128|aes256|chacha20] [--body 1K] [--timeout 10s]
 //! ```
 //!
 //! - `run`: `c` clients, each running full sessions one after the other
@@ -26,6 +26,10 @@
 //!   processes' sum before the sessions opened is subtracted. Then every
 //!   session quits and must get its 221.
 //!
+//! `--implicit-tls`: TLS from the first byte (SMTPS); `--plaintext`: a
+//! client that never says STARTTLS (the session runs in plaintext; `--ca`
+//! is still read). `--tls` and `--suite` restrict what the client offers.
+//!
 //! The last line on stdout is `RESULT key=value ...`; diagnostics and error
 //! counts go to stderr. Exit 0 when every session ended with its 221, 1
 //! otherwise, 100 on usage errors.
@@ -39,7 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
-use chainmail_bench::smtp::{self, Failure, Kx, SessionSpec, Suite};
+use chainmail_bench::smtp::{self, Failure, Kx, SessionSpec, Suite, Transport, Version};
 use chainmail_bench::stats::{ms, percentile};
 use chainmail_bench::{parse_duration, parse_size, procs};
 use nix::sys::resource::{UsageWho, getrusage};
@@ -63,7 +67,8 @@ struct Opts {
     include_root: bool,
     exclude: Vec<String>,
     nodelay: bool,
-    implicit_tls: bool,
+    transport: Transport,
+    version: Version,
     kx: Kx,
     suite: Suite,
     timeout: Duration,
@@ -87,7 +92,8 @@ fn blank_opts() -> Opts {
         include_root: false,
         exclude: Vec::new(),
         nodelay: false,
-        implicit_tls: false,
+        transport: Transport::Starttls,
+        version: Version::Any,
         kx: Kx::Default,
         suite: Suite::Default,
         timeout: Duration::from_secs(10),
@@ -121,9 +127,13 @@ fn parse() -> Result<Opts, String> {
             Long("cpu-pid") => o.cpu_pids.push(val(&mut p)?.parse().map_err(|e| format!("--cpu-pid: {e}"))?),
             Long("cpu-file") => o.cpu_files.push(PathBuf::from(val(&mut p)?)),
             Long("nodelay") => o.nodelay = true,
-            Long("implicit-tls") => o.implicit_tls = true,
+            Long("implicit-tls") => o.transport = Transport::Implicit,
+            Long("plaintext") => o.transport = Transport::Plain,
+            Long("tls") => o.version = Version::parse(&val(&mut p)?).ok_or("--tls: any, 1.2 or 1.3")?,
             Long("kx") => o.kx = Kx::parse(&val(&mut p)?).ok_or("--kx: default, x25519 or p256")?,
-            Long("suite") => o.suite = Suite::parse(&val(&mut p)?).ok_or("--suite: default, aes128 or aes256")?,
+            Long("suite") => {
+                o.suite = Suite::parse(&val(&mut p)?).ok_or("--suite: default, aes128, aes256 or chacha20")?
+            }
             Value(v) if mode.is_none() => mode = Some(v.string().map_err(bad)?),
             Value(v) if addr.is_none() => {
                 let s = v.string().map_err(bad)?;
@@ -144,14 +154,14 @@ fn parse() -> Result<Opts, String> {
 }
 
 fn spec(o: &Opts) -> Result<SessionSpec, String> {
-    let tls = smtp::client_config(&o.ca, o.kx, o.suite)?;
+    let tls = smtp::client_config(&o.ca, o.kx, o.suite, o.version)?;
     let name = ServerName::try_from(o.name.clone()).map_err(|e| format!("bad --name: {e}"))?;
     Ok(SessionSpec {
         addr: o.addr,
         tls,
         name,
         nodelay: o.nodelay,
-        implicit_tls: o.implicit_tls,
+        transport: o.transport,
         body: Arc::new(smtp::message(o.body)),
         timeout: o.timeout,
     })

@@ -774,3 +774,53 @@ fn send_after_failure_or_close_is_an_error() {
     assert!(pair.server.app_out.data.iter().eq(b"EHLO x\r\n".iter()));
     assert!(pair.server.engine.peer_sent_close_notify());
 }
+
+/// Where the payload of the record at `start` sits in a cache line.
+fn payload_line_of(b: &Buf) -> usize {
+    (b.data.as_ptr() as usize + b.start + RECORD_HEADER) % LINE
+}
+
+#[test]
+fn compaction_puts_the_payload_where_it_was_asked() {
+    for line in [0, 5, 16, 21, 32, 48, 63] {
+        for (filled, consumed) in [(100, 60), (4096, 1000), (40_000, 30_000), (70, 70)] {
+            let mut b = Buf { payload_line: Some(line), ..Buf::default() };
+            let bytes = pattern(filled, 3);
+            b.extend(&bytes);
+            b.consume(consumed);
+            let room = b.spare(NET_CHUNK, NET_CHUNK + MAX_RECORD).len();
+            assert!(room >= NET_CHUNK, "line {line}, {filled}/{consumed}: room {room}");
+            assert_eq!(b.pending(), &bytes[consumed..], "line {line}, {filled}/{consumed}");
+            assert_eq!(payload_line_of(&b), line, "line {line}, {filled}/{consumed}");
+            // Emptied: the next read lands there too.
+            b.consume(b.len());
+            assert_eq!(payload_line_of(&b), line, "line {line}, {filled}/{consumed}, emptied");
+        }
+    }
+    // Without a line: the front, as always.
+    let mut b = Buf::default();
+    b.extend(&pattern(100, 4));
+    b.consume(60);
+    b.spare(NET_CHUNK, NET_CHUNK + MAX_RECORD);
+    assert_eq!((b.start, b.pending()), (0, &pattern(100, 4)[60..]));
+}
+
+#[test]
+fn bulk_records_are_laid_out_for_rustls_copy() {
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        for chunk in [1000, 16 * 1024 + 77, 64 * 1024] {
+            let mut rig = Rig::with_client(chunk, Policy::default(), client(versions));
+            rig.handshake();
+            assert_eq!(rig.engine.net_in.payload_line, None, "nothing learned from the handshake");
+            let up = pattern(200 * 1024 + 13, 5);
+            for piece in up.chunks(48 * 1024) {
+                rig.client_send(piece);
+                rig.settle();
+            }
+            assert_eq!(rig.app_out.data.make_contiguous(), &up[..], "chunk {chunk}");
+            assert!(rig.engine_error.is_none());
+            let line = rig.engine.net_in.payload_line.expect("learned from the bulk records");
+            assert!(line < LINE && line % 16 == 0, "a heap block's place in a line: {line}");
+        }
+    }
+}
