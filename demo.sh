@@ -34,9 +34,11 @@ ensure 'command -v openssl' openssl
 ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks libnet-ssleay-perl libio-socket-ssl-perl
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
 
-echo "demo: building (cargo build --release; qmail-remote and qmail-remote-io with --profile release-small, statically linked)"
-cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p chainmail-tests \
-    --bin ucspi-tlsd --bin smtpd-starttls-proxy-io --bin test-smtpd
+echo "demo: building (--release, qmail-remote and qmail-remote-io --profile release-small; all four statically linked, as install.sh does)"
+cargo build --release --locked -q -p chainmail-tests --bin test-smtpd
+for b in ucspi-tlsd smtpd-starttls-proxy-io; do
+    cargo rustc --release --locked -q -p "$b" --bin "$b" -- -C target-feature=+crt-static
+done
 for b in qmail-remote qmail-remote-io; do
     cargo rustc --profile release-small --locked -q -p "$b" --bin "$b" -- -C target-feature=+crt-static
 done
