@@ -36,8 +36,8 @@ mod testutil;
 pub use address::{AddressError, SmtpPath};
 pub use control::{Control, ControlError, TlsStrictness, TrustAnchors};
 pub use ipme::{Ipme, IpmeError};
-pub use report::{Final, RemoteText, Report, Verdict};
-pub use routes::{Relay, Route, RouteTable, Routes, RoutesError};
+pub use report::{Disposition, Final, RemoteText, Report};
+pub use routes::{RelayHost, Route, RouteTable, Routes, RoutesError};
 pub use tcpto::{Tcpto, TcptoError};
 
 /// Directory, relative to `$QMAILHOME`, that qmail-remote owns at run time:

@@ -15,7 +15,7 @@
 //! a permanent failure with no text). [`Final`] has a constructor for every
 //! message of stock qmail-remote, byte for byte. Whether a failure is
 //! temporary or permanent is decided by the caller (the SMTP dialogue's
-//! `Verdict::is_permanent`, the DNS error's `is_permanent`), never here:
+//! `MessageResult::is_permanent`, the DNS error's `is_permanent`), never here:
 //!
 //! ```text
 //! r\0K127.0.0.1 accepted message.\nRemote host said: 250 2.0.0 queued\n\0
@@ -85,9 +85,10 @@ impl RemoteText {
     }
 }
 
-/// The outcome of the whole message.
+/// What qmail-send is to do with the whole message: the letter of the final
+/// record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Disposition {
     /// `K`: the remote host has taken responsibility for the message.
     Delivered,
     /// `Z`: temporary failure; qmail-send tries again later.
@@ -96,33 +97,33 @@ pub enum Verdict {
     Failed,
 }
 
-impl Verdict {
+impl Disposition {
     /// The record letter.
     pub fn letter(self) -> u8 {
         match self {
-            Verdict::Delivered => b'K',
-            Verdict::Deferred => b'Z',
-            Verdict::Failed => b'D',
+            Disposition::Delivered => b'K',
+            Disposition::Deferred => b'Z',
+            Disposition::Failed => b'D',
         }
     }
 
     /// `Failed` for a permanent problem, `Deferred` otherwise.
-    pub fn failure(permanent: bool) -> Verdict {
-        if permanent { Verdict::Failed } else { Verdict::Deferred }
+    pub fn failure(permanent: bool) -> Disposition {
+        if permanent { Disposition::Failed } else { Disposition::Deferred }
     }
 }
 
-/// The message record: a verdict and its text.
+/// The message record: a disposition and its text.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Final {
-    verdict: Verdict,
+    disposition: Disposition,
     text: Vec<u8>,
 }
 
 impl fmt::Debug for Final {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Final")
-            .field("verdict", &self.verdict)
+            .field("disposition", &self.disposition)
             .field("text", &String::from_utf8_lossy(&self.text))
             .finish()
     }
@@ -160,23 +161,23 @@ fn about_ip(prefix: &str, ip: IpAddr, suffix: &str, reply: Option<&RemoteText>) 
 }
 
 impl Final {
-    fn new(verdict: Verdict, text: Vec<u8>) -> Final {
-        Final { verdict, text: sanitize(&text) }
+    fn new(disposition: Disposition, text: Vec<u8>) -> Final {
+        Final { disposition, text: sanitize(&text) }
     }
 
-    fn fixed(verdict: Verdict, text: &str) -> Final {
-        Final::new(verdict, text.as_bytes().to_vec())
+    fn fixed(disposition: Disposition, text: &str) -> Final {
+        Final::new(disposition, text.as_bytes().to_vec())
     }
 
     /// A final record with our own text (NULs become `?`, a newline is
     /// added if missing), for failures stock qmail does not have (TLS).
-    pub fn custom(verdict: Verdict, text: &[u8]) -> Final {
-        Final::new(verdict, text.to_vec())
+    pub fn custom(disposition: Disposition, text: &[u8]) -> Final {
+        Final::new(disposition, text.to_vec())
     }
 
-    /// The verdict.
-    pub fn verdict(&self) -> Verdict {
-        self.verdict
+    /// The disposition.
+    pub fn disposition(&self) -> Disposition {
+        self.disposition
     }
 
     /// The text, ending with a newline.
@@ -186,17 +187,20 @@ impl Final {
 
     /// `ZConnected to IP but greeting failed.`
     pub fn greeting_failed(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(Verdict::Deferred, about_ip("Connected to ", ip, " but greeting failed", Some(reply)))
+        Final::new(Disposition::Deferred, about_ip("Connected to ", ip, " but greeting failed", Some(reply)))
     }
 
     /// `ZConnected to IP but my name was rejected.`
     pub fn helo_rejected(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(Verdict::Deferred, about_ip("Connected to ", ip, " but my name was rejected", Some(reply)))
+        Final::new(Disposition::Deferred, about_ip("Connected to ", ip, " but my name was rejected", Some(reply)))
     }
 
     /// `D` or `ZConnected to IP but sender was rejected.`
     pub fn sender_rejected(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(Verdict::failure(permanent), about_ip("Connected to ", ip, " but sender was rejected", Some(reply)))
+        Final::new(
+            Disposition::failure(permanent),
+            about_ip("Connected to ", ip, " but sender was rejected", Some(reply)),
+        )
     }
 
     /// `DGiving up on IP.`: every recipient was refused; `Z` when one of
@@ -204,33 +208,36 @@ impl Final {
     /// on qmail-rspawn to look at the first recipient record; with several
     /// recipients that is not enough).
     pub fn giving_up(ip: IpAddr, permanent: bool) -> Final {
-        Final::new(Verdict::failure(permanent), about_ip("Giving up on ", ip, "", None))
+        Final::new(Disposition::failure(permanent), about_ip("Giving up on ", ip, "", None))
     }
 
     /// `D` or `ZIP failed on DATA command.`
     pub fn data_failed(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(Verdict::failure(permanent), about_ip("", ip, " failed on DATA command", Some(reply)))
+        Final::new(Disposition::failure(permanent), about_ip("", ip, " failed on DATA command", Some(reply)))
     }
 
     /// `D` or `ZIP failed after I sent the message.`
     pub fn message_failed(ip: IpAddr, permanent: bool, reply: &RemoteText) -> Final {
-        Final::new(Verdict::failure(permanent), about_ip("", ip, " failed after I sent the message", Some(reply)))
+        Final::new(Disposition::failure(permanent), about_ip("", ip, " failed after I sent the message", Some(reply)))
     }
 
     /// `KIP accepted message.`
     pub fn accepted(ip: IpAddr, reply: &RemoteText) -> Final {
-        Final::new(Verdict::Delivered, about_ip("", ip, " accepted message", Some(reply)))
+        Final::new(Disposition::Delivered, about_ip("", ip, " accepted message", Some(reply)))
     }
 
     /// `DSorry, the sender address is invalid: REASON. (#5.1.7)`: it would
     /// break the `MAIL` command.
     pub fn invalid_sender(reason: &str) -> Final {
-        Final::new(Verdict::Failed, format!("Sorry, the sender address is invalid: {reason}. (#5.1.7)\n").into_bytes())
+        Final::new(
+            Disposition::Failed,
+            format!("Sorry, the sender address is invalid: {reason}. (#5.1.7)\n").into_bytes(),
+        )
     }
 
     /// `DSorry, none of the recipient addresses is valid. (#5.1.3)`
     pub fn no_valid_recipient() -> Final {
-        Final::fixed(Verdict::Failed, "Sorry, none of the recipient addresses is valid. (#5.1.3)\n")
+        Final::fixed(Disposition::Failed, "Sorry, none of the recipient addresses is valid. (#5.1.3)\n")
     }
 
     /// `ZConnected to IP but connection died. (#4.4.2)`, with `Possible
@@ -238,14 +245,14 @@ impl Final {
     pub fn connection_died(ip: IpAddr, possible_duplicate: bool) -> Final {
         let dup = if possible_duplicate { "Possible duplicate! " } else { "" };
         Final::new(
-            Verdict::Deferred,
+            Disposition::Deferred,
             format!("Connected to {} but connection died. {dup}(#4.4.2)\n", fmt_ip(ip)).into_bytes(),
         )
     }
 
     /// `ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)`
     pub fn no_connection() -> Final {
-        Final::fixed(Verdict::Deferred, "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n")
+        Final::fixed(Disposition::Deferred, "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n")
     }
 
     /// `DSorry, I couldn't find any host named HOST. (#5.1.2)`; bytes of
@@ -254,23 +261,23 @@ impl Final {
         let mut text = b"Sorry, I couldn't find any host named ".to_vec();
         text.extend_from_slice(&outsafe(host));
         text.extend_from_slice(b". (#5.1.2)\n");
-        Final::new(Verdict::Failed, text)
+        Final::new(Disposition::Failed, text)
     }
 
     /// `ZSorry, I couldn't find any host by that name. (#4.1.2)`
     pub fn dns_temporary() -> Final {
-        Final::fixed(Verdict::Deferred, "Sorry, I couldn't find any host by that name. (#4.1.2)\n")
+        Final::fixed(Disposition::Deferred, "Sorry, I couldn't find any host by that name. (#4.1.2)\n")
     }
 
     /// `ZCNAME lookup failed temporarily. (#4.4.3)` (qmail 1.03; notqmail
     /// no longer looks up CNAMEs).
     pub fn cname_temporary() -> Final {
-        Final::fixed(Verdict::Deferred, "CNAME lookup failed temporarily. (#4.4.3)\n")
+        Final::fixed(Disposition::Deferred, "CNAME lookup failed temporarily. (#4.4.3)\n")
     }
 
     /// `DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)`
     pub fn no_mx() -> Final {
-        Final::fixed(Verdict::Failed, "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n")
+        Final::fixed(Disposition::Failed, "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n")
     }
 
     /// `DSorry. Although I'm listed as a best-preference MX or A for that
@@ -278,7 +285,7 @@ impl Final {
     /// local. (#5.4.6)`
     pub fn ambiguous_mx() -> Final {
         Final::fixed(
-            Verdict::Failed,
+            Disposition::Failed,
             "Sorry. Although I'm listed as a best-preference MX or A for that host,\n\
              it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)\n",
         )
@@ -286,43 +293,43 @@ impl Final {
 
     /// `DSMTP cannot transfer messages with partial final lines. (#5.6.2)`
     pub fn partial_line() -> Final {
-        Final::fixed(Verdict::Failed, "SMTP cannot transfer messages with partial final lines. (#5.6.2)\n")
+        Final::fixed(Disposition::Failed, "SMTP cannot transfer messages with partial final lines. (#5.6.2)\n")
     }
 
     /// `ZUnable to read message. (#4.3.0)`
     pub fn unreadable_message() -> Final {
-        Final::fixed(Verdict::Deferred, "Unable to read message. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "Unable to read message. (#4.3.0)\n")
     }
 
     /// `ZUnable to read control files. (#4.3.0)`
     pub fn unreadable_control() -> Final {
-        Final::fixed(Verdict::Deferred, "Unable to read control files. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "Unable to read control files. (#4.3.0)\n")
     }
 
     /// `ZUnable to switch to home directory. (#4.3.0)`
     pub fn no_home() -> Final {
-        Final::fixed(Verdict::Deferred, "Unable to switch to home directory. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "Unable to switch to home directory. (#4.3.0)\n")
     }
 
     /// `DI (qmail-remote) was invoked improperly. (#5.3.5)`
     pub fn usage() -> Final {
-        Final::fixed(Verdict::Failed, "I (qmail-remote) was invoked improperly. (#5.3.5)\n")
+        Final::fixed(Disposition::Failed, "I (qmail-remote) was invoked improperly. (#5.3.5)\n")
     }
 
     /// `ZOut of memory. (#4.3.0)`
     pub fn out_of_memory() -> Final {
-        Final::fixed(Verdict::Deferred, "Out of memory. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "Out of memory. (#4.3.0)\n")
     }
 
     /// `ZSystem resources temporarily unavailable. (#4.3.0)`
     pub fn system_resources() -> Final {
-        Final::fixed(Verdict::Deferred, "System resources temporarily unavailable. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "System resources temporarily unavailable. (#4.3.0)\n")
     }
 
     /// `Zqmail-remote ended without a result. (#4.3.0)`: what
     /// [`Report::finish`] writes when no final record was set (a bug).
     pub fn no_result() -> Final {
-        Final::fixed(Verdict::Deferred, "qmail-remote ended without a result. (#4.3.0)\n")
+        Final::fixed(Disposition::Deferred, "qmail-remote ended without a result. (#4.3.0)\n")
     }
 }
 
@@ -405,7 +412,7 @@ impl Report {
     pub fn finish(self) -> Vec<u8> {
         let last = self.last.unwrap_or_else(Final::no_result);
         let mut out = self.records;
-        out.push(last.verdict.letter());
+        out.push(last.disposition.letter());
         out.extend_from_slice(&last.text);
         out.push(0);
         out
@@ -441,11 +448,11 @@ pub fn parse_report(output: &[u8]) -> (u8, Vec<u8>) {
 /// * A crash gives `Zqmail-remote crashed.`, exit 111 `ZUnable to run
 ///   qmail-remote.`, any other non-zero exit `DUnable to run qmail-remote.`
 ///   and no output `Zqmail-remote produced no output.`
-/// * The verdict is that of the first NUL-terminated record starting with
+/// * The disposition is that of the first NUL-terminated record starting with
 ///   `K`, `Z` or `D` (`D` when there is none), overridden by a first record
 ///   `s` (to `Z`) or `h` (to `D`).
 /// * The text is the first record's, followed by the second record's if
-///   that one starts with `K`, `Z` or `D` and the verdict was not made
+///   that one starts with `K`, `Z` or `D` and the disposition was not made
 ///   milder by the override.
 pub fn rspawn_report(status: RspawnStatus, s: &[u8]) -> (u8, Vec<u8>) {
     let fixed = |letter: u8, text: &str| (letter, text.as_bytes().to_vec());
@@ -648,7 +655,7 @@ mod tests {
             (Final::usage(), "DI (qmail-remote) was invoked improperly. (#5.3.5)\n"),
             (Final::out_of_memory(), "ZOut of memory. (#4.3.0)\n"),
             (Final::system_resources(), "ZSystem resources temporarily unavailable. (#4.3.0)\n"),
-            (Final::custom(Verdict::Deferred, b"TLS\0failed"), "ZTLS?failed\n"),
+            (Final::custom(Disposition::Deferred, b"TLS\0failed"), "ZTLS?failed\n"),
             (
                 Final::sender_rejected(a, true, &reply("553 no\r\n")),
                 "DConnected to 192.0.2.9 but sender was rejected.\nRemote host said: 553 no\n",
@@ -708,7 +715,7 @@ mod tests {
         let mut r = Report::new();
         assert!(r.conclude(Final::no_connection()));
         assert!(!r.conclude(Final::accepted(ip("192.0.2.1"), &reply("250 ok"))));
-        assert_eq!(r.outcome().map(Final::verdict), Some(Verdict::Deferred));
+        assert_eq!(r.outcome().map(Final::disposition), Some(Disposition::Deferred));
         let out = r.finish();
         assert_eq!(parse_records(&out).expect("well formed").len(), 1);
     }
@@ -749,7 +756,7 @@ mod tests {
     #[test]
     fn written_reports_read_back() {
         // Every report the writer produces is well formed, and qmail-rspawn
-        // reads the verdict the writer meant (with one recipient, as
+        // reads the disposition the writer meant (with one recipient, as
         // qmail-rspawn always passes).
         let a = ip("192.0.2.1");
         let ok = reply("250 ok\r\n");
@@ -805,7 +812,7 @@ mod tests {
             (RspawnStatus::Exited(0), b"hno\n\0r\0Kok\n\0", b'D', b"no\n"),
             // s then Z: the Z text follows.
             (RspawnStatus::Exited(0), b"sno\n\0Zdied\n\0", b'Z', b"no\ndied\n"),
-            // s then K: Z (milder verdict is not allowed to hide the s).
+            // s then K: Z (milder disposition is not allowed to hide the s).
             (RspawnStatus::Exited(0), b"sno\n\0Kok\n\0", b'Z', b"no\n"),
             // Without the final NUL the last record is not seen as final...
             (RspawnStatus::Exited(0), b"Kok", b'D', b""),

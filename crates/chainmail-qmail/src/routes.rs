@@ -96,9 +96,9 @@ const MAX_DOMAIN: usize = 255;
 
 /// Where a route sends the mail.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Relay {
+pub enum RelayHost {
     /// A host name, lowercased: connect to its addresses (no MX lookup).
-    Host(String),
+    Name(String),
     /// An address literal.
     Ip(IpAddr),
 }
@@ -107,7 +107,7 @@ pub enum Relay {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
     /// The relay.
-    pub relay: Relay,
+    pub relay: RelayHost,
     /// The port, 25 unless given.
     pub port: u16,
 }
@@ -116,8 +116,8 @@ impl fmt::Display for Route {
     /// The canonical text, which re-parses to the same route.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.relay {
-            Relay::Host(h) => write!(f, "{h}:{}", self.port),
-            Relay::Ip(ip) => write!(f, "[{ip}]:{}", self.port),
+            RelayHost::Name(h) => write!(f, "{h}:{}", self.port),
+            RelayHost::Ip(ip) => write!(f, "[{ip}]:{}", self.port),
         }
     }
 }
@@ -148,7 +148,7 @@ pub fn parse_relay(value: &[u8]) -> Result<Option<Route>, &'static str> {
             [b':', port @ ..] => parse_port(port)?,
             _ => return Err("unexpected text after the address literal"),
         };
-        (Relay::Ip(ip), port)
+        (RelayHost::Ip(ip), port)
     } else {
         let (host, port) = match value.iter().position(|&b| b == b':') {
             Some(i) => (&value[..i], parse_port(&value[i + 1..])?),
@@ -186,12 +186,12 @@ fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
     }
 }
 
-fn parse_host(host: &[u8]) -> Result<Relay, &'static str> {
+fn parse_host(host: &[u8]) -> Result<RelayHost, &'static str> {
     if host.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
         return std::str::from_utf8(host)
             .ok()
             .and_then(|s| s.parse::<Ipv4Addr>().ok())
-            .map(|v4| Relay::Ip(IpAddr::V4(v4)))
+            .map(|v4| RelayHost::Ip(IpAddr::V4(v4)))
             .ok_or("invalid IPv4 address");
     }
     if host.len() > MAX_DOMAIN {
@@ -206,7 +206,7 @@ fn parse_host(host: &[u8]) -> Result<Relay, &'static str> {
     if !labels_ok {
         return Err("invalid relay host name");
     }
-    Ok(Relay::Host(String::from_utf8_lossy(host).to_ascii_lowercase()))
+    Ok(RelayHost::Name(String::from_utf8_lossy(host).to_ascii_lowercase()))
 }
 
 /// Checks a domain key and returns it lowercased.
@@ -580,11 +580,11 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn host(h: &str, port: u16) -> Option<Route> {
-        Some(Route { relay: Relay::Host(h.to_string()), port })
+        Some(Route { relay: RelayHost::Name(h.to_string()), port })
     }
 
     fn ip(a: &str, port: u16) -> Option<Route> {
-        Some(Route { relay: Relay::Ip(a.parse().expect("test address")), port })
+        Some(Route { relay: RelayHost::Ip(a.parse().expect("test address")), port })
     }
 
     #[test]

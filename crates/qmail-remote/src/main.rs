@@ -23,7 +23,7 @@ use chainmail_qmail::address::{encode_recipient, encode_sender};
 use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
 use chainmail_qmail::remote_io::TlsMode;
 use chainmail_qmail::tcpto::{Tcpto, unix_now};
-use chainmail_qmail::{Final, Report, Verdict};
+use chainmail_qmail::{Disposition, Final, Report};
 use chainmail_smtp::data::MessageFacts;
 
 use crate::attempt::{Attempted, Job};
@@ -75,7 +75,7 @@ fn passes(control: &Control) -> Result<Vec<TlsMode>, Final> {
         if control.tls_strictness == TlsStrictness::Required {
             // Never fall back to plaintext because a file is missing.
             return Err(Final::custom(
-                Verdict::Deferred,
+                Disposition::Deferred,
                 b"control/tlsstrictness asks for verified TLS but control/trustanchors is empty. (#4.3.0)\n",
             ));
         }
@@ -189,7 +189,7 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
             chainmail_dns::MAX_ADDRESSES_PER_FAMILY
         ));
     }
-    report_of(Final::custom(Verdict::Deferred, text.as_bytes()))
+    report_of(Final::custom(Disposition::Deferred, text.as_bytes()))
 }
 
 /// Refuses, before any connection, an envelope that cannot be sent: a
@@ -226,7 +226,7 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(h) => h,
         Err(e) => {
             return report_of(Final::custom(
-                Verdict::Deferred,
+                Disposition::Deferred,
                 format!("Unable to find the qmail home: {e}. (#4.3.0)\n").as_bytes(),
             ));
         }
@@ -239,7 +239,7 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(p) => p,
         Err(why) => {
             let text = format!("Unable to run qmail-remote-io: {why}; nothing was sent. (#4.3.0)\n");
-            return report_of(Final::custom(Verdict::Deferred, text.as_bytes()));
+            return report_of(Final::custom(Disposition::Deferred, text.as_bytes()));
         }
     };
     let control = match Control::load(&home) {
