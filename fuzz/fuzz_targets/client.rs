@@ -2,7 +2,7 @@
 //! never "delivered" unless the body was sent and a 2xx came after it.
 #![no_main]
 
-use chainmail_smtp::client::{Attempt, Client, AttemptEnd, Status, TlsWish, MessageResult};
+use chainmail_smtp::client::{Attempt, AttemptEnd, Client, MessageResult, Status, TlsWish};
 use chainmail_smtp::data::MessageFacts;
 use libfuzzer_sys::fuzz_target;
 

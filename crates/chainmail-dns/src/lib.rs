@@ -26,8 +26,6 @@ mod resolver;
 mod servers;
 
 pub use error::DnsError;
-pub use plan::{
-    Cut, Exchanger, MAX_ADDRESSES_PER_FAMILY, MAX_CONCURRENT_QUERIES, MAX_EXCHANGERS, Source, parse_literal,
-};
+pub use plan::{Cut, Exchanger, MAX_ADDRESSES_PER_FAMILY, MAX_EXCHANGERS, Source, parse_literal};
 pub use resolver::{ATTEMPT_TIMEOUT, ATTEMPTS_WITHOUT_DEADLINE, BACKUP_GRACE, Resolver};
-pub use servers::{DNS_PORT, DNSCACHEIP, FromEnvError, RESOLV_CONF, Servers, ServersError};
+pub use servers::{DNSCACHEIP, FromEnvError, Servers, ServersError};

@@ -30,22 +30,22 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// The compiled-in qmail home, used when `QMAILHOME` is unset or empty.
-pub const DEFAULT_QMAILHOME: &str = "/var/qmail";
+pub(crate) const DEFAULT_QMAILHOME: &str = "/var/qmail";
 /// The environment variable that overrides [`DEFAULT_QMAILHOME`].
-pub const QMAILHOME_VAR: &str = "QMAILHOME";
+pub(crate) const QMAILHOME_VAR: &str = "QMAILHOME";
 /// Directory of the control files, relative to the qmail home.
-pub const CONTROL_DIR: &str = "control";
+pub(crate) const CONTROL_DIR: &str = "control";
 
 /// Default of `timeoutconnect`, in seconds (stock qmail).
-pub const DEFAULT_TIMEOUT_CONNECT: u64 = 60;
+pub(crate) const DEFAULT_TIMEOUT_CONNECT: u64 = 60;
 /// Default of `timeoutremote`, in seconds (stock qmail).
-pub const DEFAULT_TIMEOUT_REMOTE: u64 = 1200;
+pub(crate) const DEFAULT_TIMEOUT_REMOTE: u64 = 1200;
 /// Default of `timeoutdns`, in seconds. skarnet's default of 0 means "wait
 /// forever"; we never wait forever: 0 selects this value.
-pub const DEFAULT_TIMEOUT_DNS: u64 = 60;
+pub(crate) const DEFAULT_TIMEOUT_DNS: u64 = 60;
 /// Upper bound of every timeout, in seconds (about 136 years). Larger values
 /// saturate here, so that adding a timeout to a clock can never overflow.
-pub const MAX_TIMEOUT: u64 = u32::MAX as u64;
+pub(crate) const MAX_TIMEOUT: u64 = u32::MAX as u64;
 /// The `trustanchors` value that selects the Mozilla root certificates
 /// compiled into the binary (webpki-roots), so that a fresh installation
 /// needs no CA bundle: `echo builtin > control/trustanchors`.
@@ -63,11 +63,6 @@ pub fn qmail_home(value: Option<&OsStr>) -> PathBuf {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => PathBuf::from(DEFAULT_QMAILHOME),
     }
-}
-
-/// [`qmail_home`] for this process's environment.
-pub fn qmail_home_from_env() -> PathBuf {
-    qmail_home(std::env::var_os(QMAILHOME_VAR).as_deref())
 }
 
 /// A control file could not be used.
@@ -110,7 +105,7 @@ pub enum ControlError {
 }
 
 /// Strips trailing whitespace (space, tab, LF, CR) as `control.c` does.
-pub fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
+pub(crate) fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
     let end = line.iter().rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).map_or(0, |i| i + 1);
     &line[..end]
 }
@@ -128,7 +123,7 @@ pub fn first_line(content: &[u8]) -> &[u8] {
 /// `scan_ulong`: the number made of the leading decimal digits of `line`,
 /// or `None` when it does not start with a digit. Saturates instead of
 /// wrapping around.
-pub fn scan_number(line: &[u8]) -> Option<u64> {
+pub(crate) fn scan_number(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return None;
@@ -173,7 +168,7 @@ pub fn read_line(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
 
 /// Reads a number file: `None` when it does not exist or does not start
 /// with a digit.
-pub fn read_number(path: &Path) -> Result<Option<u64>, ControlError> {
+pub(crate) fn read_number(path: &Path) -> Result<Option<u64>, ControlError> {
     Ok(read_line(path)?.and_then(|l| scan_number(&l)))
 }
 

@@ -26,14 +26,13 @@
 //! qmail-rspawn's `report()` does, for tests.
 
 use std::fmt;
-use std::io::{self, Write};
 use std::net::IpAddr;
 
 use thiserror::Error;
 
 /// The most bytes of a remote reply that are quoted, as stock qmail's
 /// `HUGESMTPTEXT`.
-pub const REPLY_TEXT_MAX: usize = 5000;
+pub(crate) const REPLY_TEXT_MAX: usize = 5000;
 
 /// The text of an SMTP reply as it is quoted in a report.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -250,11 +249,6 @@ impl Final {
         )
     }
 
-    /// `ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)`
-    pub fn no_connection() -> Final {
-        Final::fixed(Disposition::Deferred, "Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n")
-    }
-
     /// `DSorry, I couldn't find any host named HOST. (#5.1.2)`; bytes of
     /// the host outside `!`..`~` are shown as `?`.
     pub fn host_not_found(host: &[u8]) -> Final {
@@ -262,17 +256,6 @@ impl Final {
         text.extend_from_slice(&outsafe(host));
         text.extend_from_slice(b". (#5.1.2)\n");
         Final::new(Disposition::Failed, text)
-    }
-
-    /// `ZSorry, I couldn't find any host by that name. (#4.1.2)`
-    pub fn dns_temporary() -> Final {
-        Final::fixed(Disposition::Deferred, "Sorry, I couldn't find any host by that name. (#4.1.2)\n")
-    }
-
-    /// `ZCNAME lookup failed temporarily. (#4.4.3)` (qmail 1.03; notqmail
-    /// no longer looks up CNAMEs).
-    pub fn cname_temporary() -> Final {
-        Final::fixed(Disposition::Deferred, "CNAME lookup failed temporarily. (#4.4.3)\n")
     }
 
     /// `DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)`
@@ -316,11 +299,6 @@ impl Final {
         Final::fixed(Disposition::Failed, "I (qmail-remote) was invoked improperly. (#5.3.5)\n")
     }
 
-    /// `ZOut of memory. (#4.3.0)`
-    pub fn out_of_memory() -> Final {
-        Final::fixed(Disposition::Deferred, "Out of memory. (#4.3.0)\n")
-    }
-
     /// `ZSystem resources temporarily unavailable. (#4.3.0)`
     pub fn system_resources() -> Final {
         Final::fixed(Disposition::Deferred, "System resources temporarily unavailable. (#4.3.0)\n")
@@ -328,7 +306,7 @@ impl Final {
 
     /// `Zqmail-remote ended without a result. (#4.3.0)`: what
     /// [`Report::finish`] writes when no final record was set (a bug).
-    pub fn no_result() -> Final {
+    pub(crate) fn no_result() -> Final {
         Final::fixed(Disposition::Deferred, "qmail-remote ended without a result. (#4.3.0)\n")
     }
 }
@@ -417,14 +395,6 @@ impl Report {
         out.push(0);
         out
     }
-
-    /// Writes [`Report::finish`] with a single `write_all` and flushes.
-    /// Nothing is written before the report is complete; if the write fails
-    /// there is nobody left to tell, and qmail-remote still exits 0.
-    pub fn write_to<W: Write>(self, mut out: W) -> io::Result<()> {
-        out.write_all(&self.finish())?;
-        out.flush()
-    }
 }
 
 /// How qmail-remote ended, as qmail-rspawn sees it.
@@ -454,7 +424,7 @@ pub fn parse_report(output: &[u8]) -> (u8, Vec<u8>) {
 /// * The text is the first record's, followed by the second record's if
 ///   that one starts with `K`, `Z` or `D` and the disposition was not made
 ///   milder by the override.
-pub fn rspawn_report(status: RspawnStatus, s: &[u8]) -> (u8, Vec<u8>) {
+pub(crate) fn rspawn_report(status: RspawnStatus, s: &[u8]) -> (u8, Vec<u8>) {
     let fixed = |letter: u8, text: &str| (letter, text.as_bytes().to_vec());
     match status {
         RspawnStatus::Crashed => return fixed(b'Z', "qmail-remote crashed.\n"),
@@ -634,14 +604,11 @@ mod tests {
             ),
             (Final::giving_up(a, true), "DGiving up on 192.0.2.9.\n"),
             (Final::giving_up(a, false), "ZGiving up on 192.0.2.9.\n"),
-            (Final::no_connection(), "ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n"),
             (
                 Final::host_not_found(b"ex ample.\x01com\xc3\xa9"),
                 "DSorry, I couldn't find any host named ex?ample.?com??. (#5.1.2)\n",
             ),
             (Final::host_not_found(b""), "DSorry, I couldn't find any host named . (#5.1.2)\n"),
-            (Final::dns_temporary(), "ZSorry, I couldn't find any host by that name. (#4.1.2)\n"),
-            (Final::cname_temporary(), "ZCNAME lookup failed temporarily. (#4.4.3)\n"),
             (Final::no_mx(), "DSorry, I couldn't find a mail exchanger or IP address. (#5.4.4)\n"),
             (
                 Final::ambiguous_mx(),
@@ -653,7 +620,6 @@ mod tests {
             (Final::unreadable_control(), "ZUnable to read control files. (#4.3.0)\n"),
             (Final::no_home(), "ZUnable to switch to home directory. (#4.3.0)\n"),
             (Final::usage(), "DI (qmail-remote) was invoked improperly. (#5.3.5)\n"),
-            (Final::out_of_memory(), "ZOut of memory. (#4.3.0)\n"),
             (Final::system_resources(), "ZSystem resources temporarily unavailable. (#4.3.0)\n"),
             (Final::custom(Disposition::Deferred, b"TLS\0failed"), "ZTLS?failed\n"),
             (
@@ -713,44 +679,11 @@ mod tests {
 
         // Only the first final record counts.
         let mut r = Report::new();
-        assert!(r.conclude(Final::no_connection()));
+        assert!(r.conclude(Final::connection_died(ip("192.0.2.1"), false)));
         assert!(!r.conclude(Final::accepted(ip("192.0.2.1"), &reply("250 ok"))));
         assert_eq!(r.outcome().map(Final::disposition), Some(Disposition::Deferred));
         let out = r.finish();
         assert_eq!(parse_records(&out).expect("well formed").len(), 1);
-    }
-
-    #[test]
-    fn write_to_writes_once() {
-        struct Sink(Vec<usize>, Vec<u8>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.push(buf.len());
-                self.1.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut r = Report::new();
-        r.recipient_accepted();
-        r.conclude(Final::accepted(ip("192.0.2.1"), &reply("250 ok")));
-        let mut sink = Sink(Vec::new(), Vec::new());
-        r.write_to(&mut sink).expect("write");
-        assert_eq!(sink.0.len(), 1);
-        assert_eq!(parse_report(&sink.1).0, b'K');
-
-        struct Broken;
-        impl Write for Broken {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::Error::from(io::ErrorKind::BrokenPipe))
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        assert!(Report::new().write_to(Broken).is_err());
     }
 
     #[test]
@@ -769,7 +702,7 @@ mod tests {
             (Some(550), Final::giving_up(a, true), b'D'),
             (None, Final::greeting_failed(a, &reply("554 go away")), b'Z'),
             (None, Final::sender_rejected(a, true, &reply("553 no")), b'D'),
-            (None, Final::no_connection(), b'Z'),
+            (None, Final::system_resources(), b'Z'),
             (None, Final::host_not_found(b"nx.example"), b'D'),
         ];
         for (rcpt, last, want) in scenarios {

@@ -76,15 +76,15 @@ use thiserror::Error;
 use crate::control;
 
 /// The default SMTP port.
-pub const SMTP_PORT: u16 = 25;
+pub(crate) const SMTP_PORT: u16 = 25;
 /// `control/smtproutes`, relative to the qmail home.
-pub const SMTPROUTES: &str = "control/smtproutes";
+pub(crate) const SMTPROUTES: &str = "control/smtproutes";
 /// The compiled routes, in [`crate::RUN_DIR`].
-pub const CDB_NAME: &str = "smtproutes.cdb";
+pub(crate) const CDB_NAME: &str = "smtproutes.cdb";
 /// The lock serialising rebuilds, in [`crate::RUN_DIR`].
-pub const LOCK_NAME: &str = "smtproutes.lock";
+pub(crate) const LOCK_NAME: &str = "smtproutes.lock";
 /// The temporary file a rebuild writes, in [`crate::RUN_DIR`].
-pub const TMP_NAME: &str = "smtproutes.cdb.tmp";
+pub(crate) const TMP_NAME: &str = "smtproutes.cdb.tmp";
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT_VALUE: &[u8] = b"chainmail-smtproutes 1";
@@ -222,7 +222,7 @@ fn parse_domain(key: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 /// The keys to try for `host`, in order: the host, each suffix starting at a
 /// dot (longest first), the default route `""`. The host must be lowercased.
-pub fn lookup_keys(host: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn lookup_keys(host: &[u8]) -> impl Iterator<Item = &[u8]> {
     let suffixes = (1..host.len()).filter(move |&i| host[i] == b'.').map(move |i| &host[i..]);
     let first = (!host.is_empty()).then_some(host);
     first.into_iter().chain(suffixes).chain(std::iter::once(&b""[..]))
@@ -511,7 +511,7 @@ impl Routes {
     }
 
     /// The routes of the text file `text_path`, compiled in `run_dir`.
-    pub fn open_at(text_path: &Path, run_dir: &Path) -> Result<Routes, RoutesError> {
+    pub(crate) fn open_at(text_path: &Path, run_dir: &Path) -> Result<Routes, RoutesError> {
         let cdb_path = run_dir.join(CDB_NAME);
         let read_err = |source| RoutesError::Read { path: text_path.to_path_buf(), source };
         let mut file = match File::open(text_path) {

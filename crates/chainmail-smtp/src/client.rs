@@ -64,7 +64,7 @@ pub struct Extensions {
 impl Extensions {
     /// Reads the keywords of an EHLO reply (its first line is the server's
     /// name and is skipped).
-    pub fn from_ehlo(reply: &Reply) -> Extensions {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Extensions {
         let mut ext = Extensions::default();
         for line in reply.lines.iter().skip(1) {
             let text = String::from_utf8_lossy(line);
@@ -309,11 +309,6 @@ impl Client {
     /// The extensions of the last EHLO reply.
     pub fn extensions(&self) -> Extensions {
         self.ext
-    }
-
-    /// Whether TLS is running on this connection.
-    pub fn tls_active(&self) -> bool {
-        self.tls_active
     }
 
     /// Bytes to send.

@@ -47,7 +47,7 @@ use crate::poll::{Deadline, Interest, PollSet, Readiness, Round};
 const CHUNK: usize = 1 << 16;
 
 /// The buffer of a leg that copies (neither end a pipe, not both sockets).
-pub const COPY_BUFFER: usize = 16 * 1024;
+pub(crate) const COPY_BUFFER: usize = 16 * 1024;
 
 /// Transfers per leg and wake-up, at most.
 const STEPS_PER_WAKEUP: usize = 8;
@@ -585,7 +585,7 @@ impl<'hook> ByteRelay<'hook> {
 
     /// A relay moving bytes along every leg at once. Every descriptor is
     /// made non-blocking.
-    pub fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<ByteRelay<'hook>> {
+    pub(crate) fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<ByteRelay<'hook>> {
         let legs = specs.into_iter().map(Leg::new).collect::<io::Result<Vec<Leg>>>()?;
         // Each leg waits on at most two registrations.
         let poll = PollSet::with_capacity(2 * legs.len());
