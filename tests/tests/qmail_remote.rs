@@ -24,6 +24,7 @@ mod qmail_remote_support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use chainmail_tests::peer::DnsServer;
 use chainmail_tests::{Chain, TestDir, contains, secs, show};
 use qmail_remote_support::*;
 
@@ -598,7 +599,7 @@ fn connect_timeout_is_recorded_in_tcpto() {
 
 // ================================================================ DNS
 
-fn dns_env(dns: &Dns) -> [(&'static str, &str); 1] {
+fn dns_env(dns: &DnsServer) -> [(&'static str, &str); 1] {
     [("DNSCACHEIP", dns.dnscacheip.as_str())]
 }
 
@@ -608,7 +609,7 @@ fn dns_mx_lowest_preference_first_and_sender_domain_not_looked_up() {
     let a = SmtpSink::start_25(&dir, &[]);
     let b = SmtpSink::start_25(&dir, &[]);
     let c = SmtpSink::start_25(&dir, &[]);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 30 c.example.test\nexample.test MX 10 a.example.test\nexample.test MX 20 b.example.test\n\
@@ -631,7 +632,7 @@ fn dns_next_mx_after_refusal_4xx_greeting_or_4xx_ehlo() {
     let greet4 = SmtpSink::start_25(&dir, &["-r", "connect"]);
     let ehlo4 = SmtpSink::start_25(&dir, &["-r", "ehlo"]);
     let refused = random_loopback();
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "refused.test MX 10 mx1.refused.test\nrefused.test MX 20 good.test\nmx1.refused.test A {refused}\n\
@@ -654,7 +655,7 @@ fn dns_5xx_greeting_does_not_go_on_to_the_next_mx() {
     let (dir, home) = setup("dns_greeting_5xx");
     let bad = SmtpSink::start_25(&dir, &["-f", "connect"]);
     let good = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 bad.test\nexample.test MX 20 good.test\nbad.test A {}\ngood.test A {}\n",
@@ -671,7 +672,7 @@ fn dns_equal_preferences_are_tried_in_both_orders() {
     let (dir, home) = setup("dns_equal_prefs");
     let a = SmtpSink::start_25(&dir, &[]);
     let b = SmtpSink::start_25(&dir, &[]);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 a.example.test\nexample.test MX 10 b.example.test\na.example.test A {}\nb.example.test A {}\n",
@@ -698,7 +699,7 @@ fn dns_equal_preferences_are_tried_in_both_orders() {
 fn dns_implicit_mx_uses_the_hosts_address() {
     let (dir, home) = setup("dns_implicit_mx");
     let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(&dir, &format!("example.test A {}\nexample.test TXT v=spf1 -all\n", peer.ip));
+    let dns = DnsServer::start(&dir, &format!("example.test A {}\nexample.test TXT v=spf1 -all\n", peer.ip));
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", peer.ip));
     assert_eq!(peer.messages().len(), 1);
@@ -709,7 +710,7 @@ fn dns_null_mx_is_d() {
     let (dir, home) = setup("dns_null_mx");
     let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
     // An A record too: a Null MX must win over the implicit MX.
-    let dns = Dns::start(&dir, &format!("example.test MX 0 .\nexample.test A {}\n", peer.ip));
+    let dns = DnsServer::start(&dir, &format!("example.test MX 0 .\nexample.test A {}\n", peer.ip));
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("D", 'D').expect_exact(&report_bytes(&[
         "DSorry, example.test does not accept mail (it publishes a null MX). (#5.1.10)\n",
@@ -721,7 +722,7 @@ fn dns_null_mx_is_d() {
 fn dns_nxdomain_is_d_servfail_and_silence_are_z() {
     let (dir, home) = setup("dns_failures");
     home.control("timeoutdns", "2\n");
-    let dns = Dns::start(&dir, "other.test A 127.0.0.1\nsf.test SERVFAIL\ndrop.test DROP\n");
+    let dns = DnsServer::start(&dir, "other.test A 127.0.0.1\nsf.test SERVFAIL\ndrop.test DROP\n");
     let r = home.deliver(&dns_env(&dns), &["nx.test", SENDER, "b@nx.test"], MSG);
     r.expect("D", 'D').expect_exact(&report_bytes(&["DSorry, I couldn't find any host named nx.test. (#5.1.2)\n"]));
 
@@ -746,7 +747,7 @@ fn dns_exchangers_of_this_host_and_worse_are_never_tried() {
     let worse = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let better_refused = random_loopback();
     home.control("ipme", &format!("192.0.2.254\n{}\n", me.ip));
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 better.test\nexample.test MX 20 me.test\nexample.test MX 30 worse.test\n\
@@ -772,7 +773,7 @@ fn dns_ipv6_and_ipv4_exchangers() {
     let (dir, home) = setup("dns_ipv6");
     let lock = V6Port25::lock();
     let v4 = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "v6.test MX 10 mx.v6.test\nmx.v6.test AAAA ::1\n\
@@ -804,8 +805,10 @@ fn dns_route_to_a_relay_name_uses_its_address_and_port_and_skips_ipme() {
     home.control("smtproutes", &format!("example.test:relay.test:{}\n", peer.port));
     // A route to a relay is not checked against this host's addresses.
     home.control("ipme", "127.0.0.1\n");
-    let dns =
-        Dns::start(&dir, "relay.test A 127.0.0.1\nexample.test MX 10 elsewhere.test\nelsewhere.test A 192.0.2.253\n");
+    let dns = DnsServer::start(
+        &dir,
+        "relay.test A 127.0.0.1\nexample.test MX 10 elsewhere.test\nelsewhere.test A 192.0.2.253\n",
+    );
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("rK", 'K').expect_text_starts("127.0.0.1 accepted message.\n");
     assert_eq!(peer.messages().len(), 1);
@@ -821,7 +824,7 @@ fn dns_a_silent_or_failing_backup_exchanger_does_not_hold_the_delivery() {
     let (dir, home) = setup("dns_slow_backup");
     home.control("timeoutdns", "20\n");
     let best = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 best.test\nexample.test MX 20 silent.test\nexample.test MX 30 broken.test\n\
@@ -844,7 +847,7 @@ fn connect_timeout_goes_on_to_the_next_mx() {
     home.control("timeoutconnect", "1\n");
     let hole = FullBacklog::start_25(&dir);
     let good = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 hole.test\nexample.test MX 20 good.test\nhole.test A {}\ngood.test A {}\n",
@@ -880,7 +883,7 @@ fn tls_zone() -> &'static str {
 /// case, the report and the server.
 fn tls_matrix(name: &str, level: &str, check: impl Fn(&str, &Report, &Aiosmtpd)) {
     let (dir, home) = setup(name);
-    let dns = Dns::start(&dir, tls_zone());
+    let dns = DnsServer::start(&dir, tls_zone());
     home.control("tlsstrictness", &format!("{level}\n"));
     for (case, cert, anchors, relay) in tls_cases(&dir) {
         let peer = Aiosmtpd::start(&dir, &AioOpts { tls: Some(cert), pipelining: true, ..AioOpts::default() });
@@ -969,7 +972,7 @@ fn tls_level_2_verifies_the_mx_name_and_goes_on_to_the_next_mx() {
     let o = AioOpts { tls: Some(dir.certs().mx()), ..AioOpts::default() };
     let misnamed = Aiosmtpd::start_25(&dir, &o);
     let right = Aiosmtpd::start_25(&dir, &o);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 other.test\nexample.test MX 20 mx.test\nother.test A {}\nmx.test A {}\n",
@@ -1038,7 +1041,7 @@ fn tls_level_1_prefers_a_tls_server_listed_after_a_plaintext_one() {
     home.control("trustanchors", &format!("{}\n", dir.certs().ca().display()));
     let plain = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let tls = Aiosmtpd::start_25(&dir, &AioOpts { tls: Some(dir.certs().mx()), ..AioOpts::default() });
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 plain.test\nexample.test MX 20 tls.test\nplain.test A {}\ntls.test A {}\n",
@@ -1058,7 +1061,7 @@ fn tls_level_1_falls_back_to_plaintext_when_nobody_does_tls() {
     home.control("trustanchors", &format!("{}\n", dir.certs().ca().display()));
     let a = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let b = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!("example.test MX 10 a.test\nexample.test MX 20 b.test\na.test A {}\nb.test A {}\n", a.ip, b.ip),
     );
@@ -1837,7 +1840,7 @@ impl Drop for CountingListeners {
 
 /// The queries the DNS server got, without the TCP repetitions of
 /// truncated UDP answers.
-fn udp_queries(dns: &Dns) -> usize {
+fn udp_queries(dns: &DnsServer) -> usize {
     dns.queries().lines().filter(|l| l.starts_with("udp ")).count()
 }
 
@@ -1871,7 +1874,7 @@ fn limits_thousands_of_mx_records_cost_a_bounded_number_of_queries() {
     }
     zone.push_str(&format!("m0.big.test A {}\n", sink.ip));
     let zone = zone.replacen("m0.big.test A 192.0.2.1\n", "", 1);
-    let dns = Dns::start(&dir, &zone);
+    let dns = DnsServer::start(&dir, &zone);
     let (r, rss_kib) = deliver_measured(&home, &dns_env(&dns), &["big.test", SENDER, "b@big.test"]);
     r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", sink.ip));
     let queries = udp_queries(&dns);
@@ -1896,7 +1899,7 @@ fn limits_many_addresses_per_mx_bounded_connection_attempts() {
     for j in 0..1000 {
         zone.push_str(&format!("relay.test A {}\n", listeners.addrs[j % 64]));
     }
-    let dns = Dns::start(&dir, &zone);
+    let dns = DnsServer::start(&dir, &zone);
     let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
     r.expect("Z", 'Z')
         .expect_text_starts(NO_CONNECTION)

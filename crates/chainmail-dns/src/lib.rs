@@ -15,8 +15,9 @@
 //!
 //! The rules that turn answers into a plan (Null MX, implicit MX, which
 //! failures drop an exchanger, ordering, interleaving) are sans-IO code in
-//! `plan` and `answer`, tested without a network; `tests/` runs the whole
-//! against a real DNS server on loopback (`tests/peers/dnsserver.py`).
+//! `plan` and `answer`, tested without a network; the workspace's
+//! `tests/tests/dns_loopback.rs` runs the whole against a real DNS server on
+//! loopback (`tests/peers/dnsserver.py`).
 #![forbid(unsafe_code)]
 
 mod answer;

@@ -94,7 +94,9 @@ impl Resolver {
         Ok(Self { runtime, pool, rng: Cell::new(Rng::from_time_and_pid()), cut: Cell::new(Cut::default()) })
     }
 
-    /// Makes the order of equal preferences reproducible (tests).
+    /// Makes the order of equal preferences reproducible (tests; feature
+    /// `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn set_seed(&mut self, seed: u64) {
         self.rng.set(Rng::new(seed));
     }

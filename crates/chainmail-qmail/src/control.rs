@@ -55,16 +55,6 @@ pub const BUILTIN_TRUST_ANCHORS: &str = "builtin";
 /// there; no control value comes close.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// The qmail home for the value of `QMAILHOME` (pass
-/// `std::env::var_os(QMAILHOME_VAR).as_deref()`): the value when it is set
-/// and non-empty, otherwise [`DEFAULT_QMAILHOME`].
-pub fn qmail_home(value: Option<&OsStr>) -> PathBuf {
-    match value {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(DEFAULT_QMAILHOME),
-    }
-}
-
 /// A control file could not be used.
 #[derive(Debug, Error)]
 pub enum ControlError {
@@ -112,7 +102,7 @@ pub(crate) fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
 
 /// The value of a line file with content `content`: its first line, with
 /// trailing whitespace stripped.
-pub fn first_line(content: &[u8]) -> &[u8] {
+pub(crate) fn first_line(content: &[u8]) -> &[u8] {
     let line = match content.iter().position(|&b| b == b'\n') {
         Some(i) => &content[..i],
         None => content,
@@ -170,15 +160,6 @@ pub fn read_line(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
 /// with a digit.
 pub(crate) fn read_number(path: &Path) -> Result<Option<u64>, ControlError> {
     Ok(read_line(path)?.and_then(|l| scan_number(&l)))
-}
-
-/// Reads a whole file (for list files): `None` when it does not exist.
-pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
-    match std::fs::read(path) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(read_err(path)(e)),
-    }
 }
 
 /// `control/tlsstrictness`.
@@ -402,19 +383,6 @@ mod tests {
     use crate::testutil::TempDir;
 
     #[test]
-    fn qmail_home_override() {
-        let cases: &[(Option<&str>, &str)] = &[
-            (None, "/var/qmail"),
-            (Some(""), "/var/qmail"),
-            (Some("/opt/qmail"), "/opt/qmail"),
-            (Some("/tmp/q/"), "/tmp/q/"),
-        ];
-        for (value, want) in cases {
-            assert_eq!(qmail_home(value.map(OsStr::new)), PathBuf::from(want), "{value:?}");
-        }
-    }
-
-    #[test]
     fn first_line_table() {
         let cases: &[(&[u8], &[u8])] = &[
             (b"", b""),
@@ -510,15 +478,6 @@ mod tests {
         assert_eq!(c.tls_strictness, TlsStrictness::Opportunistic);
         assert_eq!(c.trust_anchors, TrustAnchors::None);
         assert_eq!(c.client_identity, None);
-        assert_eq!(c.home, dir.path());
-    }
-
-    #[test]
-    fn loads_from_the_qmailhome_value() {
-        let dir = home_with(&[("me", b"home.example\n")]);
-        let home = qmail_home(Some(dir.path().as_os_str()));
-        let c = Control::load(&home).expect("load");
-        assert_eq!(c.helohost, "home.example");
         assert_eq!(c.home, dir.path());
     }
 

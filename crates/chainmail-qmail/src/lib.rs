@@ -12,7 +12,7 @@
 //! * [`ipme`]: the local addresses, from `control/ipme` or detected ([`Ipme`]).
 //! * [`report`]: the records qmail-remote writes for qmail-rspawn, with stock
 //!   qmail's wording ([`Report`], [`Final`]), and qmail-rspawn's reading of
-//!   them ([`report::parse_report`]).
+//!   them (`report::parse_report`, with the `test-support` feature).
 //! * [`address`]: envelope addresses as they go into `MAIL FROM` and
 //!   `RCPT TO` ([`address::encode_sender`], [`address::encode_recipient`]).
 //!

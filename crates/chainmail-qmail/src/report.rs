@@ -13,7 +13,7 @@
 //! always with exactly one final record, so that an early return or a failed
 //! write can never leave qmail-rspawn a half report (which it would read as
 //! a permanent failure with no text). [`Final`] has a constructor for every
-//! message of stock qmail-remote, byte for byte. Whether a failure is
+//! message qmail-remote sends, byte for byte as stock qmail-remote's. Whether a failure is
 //! temporary or permanent is decided by the caller (the SMTP dialogue's
 //! `MessageResult::is_permanent`, the DNS error's `is_permanent`), never here:
 //!
@@ -22,8 +22,9 @@
 //! h127.0.0.1 does not like recipient.\nRemote host said: 550 5.1.1 no such user\n\0DGiving up on 127.0.0.1.\n\0
 //! ```
 //!
-//! [`parse_report`] and [`rspawn_report`] read a report back the way
-//! qmail-rspawn's `report()` does, for tests.
+//! `parse_report` and `rspawn_report` read a report back the way
+//! qmail-rspawn's `report()` does: test oracles, built only for the crate's
+//! tests and with the `test-support` feature.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -398,6 +399,7 @@ impl Report {
 }
 
 /// How qmail-remote ended, as qmail-rspawn sees it.
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RspawnStatus {
     /// Exited with this code.
@@ -409,6 +411,7 @@ pub enum RspawnStatus {
 /// What qmail-rspawn's `report()` passes on to qmail-send for the output
 /// of a qmail-remote that exited 0: the letter (`K`, `Z` or `D`) and the
 /// text.
+#[cfg(any(test, feature = "test-support"))]
 pub fn parse_report(output: &[u8]) -> (u8, Vec<u8>) {
     rspawn_report(RspawnStatus::Exited(0), output)
 }
@@ -424,7 +427,8 @@ pub fn parse_report(output: &[u8]) -> (u8, Vec<u8>) {
 /// * The text is the first record's, followed by the second record's if
 ///   that one starts with `K`, `Z` or `D` and the disposition was not made
 ///   milder by the override.
-pub(crate) fn rspawn_report(status: RspawnStatus, s: &[u8]) -> (u8, Vec<u8>) {
+#[cfg(any(test, feature = "test-support"))]
+pub fn rspawn_report(status: RspawnStatus, s: &[u8]) -> (u8, Vec<u8>) {
     let fixed = |letter: u8, text: &str| (letter, text.as_bytes().to_vec());
     match status {
         RspawnStatus::Crashed => return fixed(b'Z', "qmail-remote crashed.\n"),
