@@ -348,8 +348,7 @@ fn required_client_certificate_with_rustls() {
         // right after it (the server checks the client's last flight);
         // either way no SMTP reply comes over TLS.
         let mut s = server.connect_greeted();
-        s.line("STARTTLS");
-        s.expect_line("220 2.0.0 Ready to start TLS");
+        s.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
         if let Ok(mut t) = s.tls_handshake(&TlsClient::new(&c.ca(), v, "mx.test", None)) {
             let _ = t.try_send(b"EHLO client.test\r\n");
             let r = t.try_reply();
@@ -402,8 +401,7 @@ fn handshake_timeout_closes_the_connection() {
     let server = Chain::new(&dir).tlsd_args(["-K", "500"]).start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     let start = Instant::now();
     let (extra, end) = c.read_until_closed(secs(15));
     let waited = start.elapsed();
@@ -432,8 +430,7 @@ fn garbage_instead_of_a_client_hello_closes_the_connection() {
     let dir = TestDir::new("garbage_hello");
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     c.send(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
     let (_, end) = c.read_until_closed(secs(15));
     assert!(end.is_closed());

@@ -9,7 +9,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use chainmail_tests::smtp::{ReadEnd, ReplyError};
+use chainmail_tests::smtp::{Conn, ReadEnd, ReplyError, TlsStream};
 use chainmail_tests::{Chain, Server, Smtp, TestDir, TlsClient, TlsVersion, contains, limit, secs, show};
 
 const LOCAL_NOOP: &str = "250 2.0.0 OK";
@@ -47,6 +47,20 @@ fn assert_ehlo_with_one_starttls(r: &chainmail_tests::Reply) {
 
 fn tls(dir: &TestDir) -> TlsClient {
     TlsClient::mx(dir.certs(), TlsVersion::Any)
+}
+
+/// A greeted session decided for plaintext: HELO sent and answered 250.
+fn plaintext_session(server: &Server) -> Smtp<TcpStream> {
+    let mut c = server.connect_greeted();
+    c.cmd_expect("HELO client.test", 250);
+    c
+}
+
+/// A greeted session in TLS: STARTTLS done, EHLO sent and answered 250.
+fn tls_session(server: &Server, dir: &TestDir) -> Smtp<TlsStream> {
+    let mut c = server.connect_greeted().starttls(&tls(dir));
+    c.cmd_expect("EHLO client.test", 250);
+    c
 }
 
 /// Waits for the session processes to end, then returns what test-smtpd
@@ -98,10 +112,8 @@ fn failed_ehlo_gets_no_starttls() {
     let dir = TestDir::new("ehlo_failed");
     let server = Chain::new(&dir).env("TEST_SMTPD_REJECT", "EHLO").start();
     let mut c = server.connect_greeted();
-    c.line("EHLO client.test");
-    c.expect_line("550 5.7.1 EHLO rejected by test-smtpd");
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("EHLO client.test", "550 5.7.1 EHLO rejected by test-smtpd");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.quit();
 
     let dir = TestDir::new("ehlo_failed_multiline");
@@ -124,10 +136,8 @@ fn ehlo_after_tls_passes_unchanged() {
     let r = c.cmd("EHLO client.test");
     assert_eq!(r.lines, smtpd_ehlo(false), "after TLS the relay is transparent");
     // So is everything else: a second STARTTLS and NOOP go to the smtpd.
-    c.line("STARTTLS");
-    c.expect_line("502 5.5.2 Command not implemented");
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("STARTTLS", "502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
     server.wait_sessions_gone(secs(20));
     server.assert_stderr_empty();
@@ -196,8 +206,7 @@ fn commands_answered_by_the_proxy_before_the_decision() {
         ("STARTTLS x", STARTTLS_PARAM),
         ("NOOP", LOCAL_NOOP),
     ] {
-        c.line(cmd);
-        c.expect_line(reply);
+        c.cmd_expect_line(cmd, reply);
     }
     c.quit();
     let log = final_log(&server);
@@ -218,17 +227,13 @@ fn commands_forwarded_before_the_decision() {
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("RSET");
-    c.expect_line("250 2.0.0 Reset ok");
-    c.line("VRFY someone");
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.line("EXPN list");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("RSET", "250 2.0.0 Reset ok");
+    c.cmd_expect_line("VRFY someone", "252 2.5.2 Cannot VRFY user");
+    c.cmd_expect_line("EXPN list", "502 5.5.2 Command not implemented");
     let r = c.cmd("HELP");
     assert_eq!(r.lines, ["214-test-smtpd commands:", "214-HELO EHLO MAIL RCPT DATA", "214 RSET NOOP VRFY HELP QUIT"]);
     // Still undecided: NOOP is answered locally, STARTTLS still works.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.quit();
@@ -242,10 +247,8 @@ fn commands_forwarded_before_the_decision() {
 /// After HELO, MAIL or AUTH the session is a plaintext relay: everything
 /// goes to the smtpd, STARTTLS included.
 fn assert_plaintext_relay(c: &mut Smtp<TcpStream>) {
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
-    c.line("STARTTLS");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
+    c.cmd_expect_line("STARTTLS", "502 5.5.2 Command not implemented");
     let r = c.cmd("EHLO client.test");
     assert_eq!(r.lines, smtpd_ehlo(false), "no STARTTLS after TLS was declined");
 }
@@ -255,10 +258,8 @@ fn helo_declines_tls() {
     let dir = TestDir::new("helo_declines");
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     assert_plaintext_relay(&mut c);
     c.quit();
     server.wait_sessions_gone(secs(20));
@@ -271,12 +272,9 @@ fn mail_declines_tls_and_delivers() {
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("MAIL FROM:<a@client.test>");
-    c.expect_line("250 2.1.0 Sender ok");
-    c.line("RCPT TO:<b@test.smtpd>");
-    c.expect_line("250 2.1.5 Recipient ok");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("MAIL FROM:<a@client.test>", "250 2.1.0 Sender ok");
+    c.cmd_expect_line("RCPT TO:<b@test.smtpd>", "250 2.1.5 Recipient ok");
     c.cmd_expect("DATA", 354);
     c.send(b"Subject: plain\r\n\r\n..dot\r\n");
     c.cmd_expect(".", 250);
@@ -293,10 +291,8 @@ fn auth_declines_tls() {
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("AUTH PLAIN AHVzZXIAcGFzcw==");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("AUTH PLAIN AHVzZXIAcGFzcw==", "502 5.5.2 Command not implemented");
     assert_plaintext_relay(&mut c);
     c.quit();
     let log = final_log(&server);
@@ -310,17 +306,12 @@ fn require_tls_refuses_mail_and_auth_until_starttls() {
     let server = Chain::new(&dir).proxy_args(["-R"]).start();
     let mut c = server.connect_greeted();
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("MAIL FROM:<early@client.test>");
-    c.expect_line(MUST_STARTTLS);
-    c.line("AUTH PLAIN AGVhcmx5AHB3");
-    c.expect_line(MUST_STARTTLS);
+    c.cmd_expect_line("MAIL FROM:<early@client.test>", MUST_STARTTLS);
+    c.cmd_expect_line("AUTH PLAIN AGVhcmx5AHB3", MUST_STARTTLS);
     // HELO is forwarded but does not end the undecided phase.
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("MAIL FROM:<early2@client.test>");
-    c.expect_line(MUST_STARTTLS);
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("MAIL FROM:<early2@client.test>", MUST_STARTTLS);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.send_mail("late@client.test", "b@test.smtpd", "Subject: required\r\n\r\nbody\r\n");
@@ -345,8 +336,7 @@ fn bare_cr_or_nul_in_a_command_is_refused() {
         c.expect_line(BARE_CR_NUL);
     }
     // The session goes on, still undecided.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.quit();
     let log = final_log(&server);
     for bad in [&b"a\rb"[..], b"a\0b", b"x\ry", b"a\0@"] {
@@ -373,10 +363,8 @@ fn long_lines_accepted_up_to_4k_and_refused_at_20k() {
     long.extend_from_slice(b"\r\n");
     c.send(&long);
     c.expect_line(TOO_LONG);
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("VRFY after");
-    c.expect_line("252 2.5.2 Cannot VRFY user");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("VRFY after", "252 2.5.2 Cannot VRFY user");
     c.quit();
     let log = final_log(&server);
     assert!(contains(&log, &line), "the 4 KiB line did not reach the smtpd intact:\n{}", show(&log));
@@ -408,10 +396,8 @@ fn starttls_with_a_parameter_is_refused_then_starttls_works() {
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS now");
-    c.expect_line(STARTTLS_PARAM);
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("STARTTLS now", STARTTLS_PARAM);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.send_mail("a@client.test", "b@test.smtpd", "Subject: tls\r\n\r\nbody\r\n");
@@ -430,8 +416,7 @@ fn starttls_sends_rset_and_does_not_forward_its_reply() {
     // starttls() checks that exactly the 220 arrives, nothing before or
     // after it (the RSET reply must be swallowed).
     let mut c = c.starttls(&tls(&dir));
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
     let log = final_log(&server);
     assert!(
@@ -447,11 +432,9 @@ fn starttls_when_the_reset_fails_gives_454_and_stays_in_plaintext() {
     let server = Chain::new(&dir).env("TEST_SMTPD_RSET_FAIL", "1").start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line(NO_RESET);
+    c.cmd_expect_line("STARTTLS", NO_RESET);
     // Still undecided.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.send_mail("a@client.test", "b@test.smtpd", "Subject: no tls\r\n\r\nbody\r\n");
     c.quit();
     let log = final_log(&server);
@@ -501,8 +484,7 @@ fn injection_in_plaintext_after_the_220_never_reaches_the_smtpd() {
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     c.send(b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@test.smtpd>\r\nDATA\r\n");
     let (extra, end) = c.read_until_closed(secs(20));
     assert!(end.is_closed(), "the handshake must fail and the connection close");
@@ -533,8 +515,7 @@ fn pipelined_rset_then_mail_gets_both_replies_promptly() {
     };
     assert_eq!(first.lines, ["250 2.0.0 Reset ok"]);
     assert_eq!(second.lines, ["250 2.1.0 Sender ok"]);
-    c.line("RCPT TO:<c@d>");
-    c.expect_line("250 2.1.5 Recipient ok");
+    c.cmd_expect_line("RCPT TO:<c@d>", "250 2.1.5 Recipient ok");
     c.quit();
     server.assert_stderr_empty();
 }
@@ -604,8 +585,7 @@ fn multiline_replies_before_and_after_tls() {
         let r = c.cmd(cmd);
         assert_eq!((r.code, r.lines.len()), (code, 3), "{cmd}: {r}");
     }
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     // The proxy's RSET gets a 3-line reply, which it must swallow whole.
     let mut c = c.starttls(&tls(&dir));
     let r = c.cmd("EHLO client.test");
@@ -661,8 +641,7 @@ fn malformed_reply_from_the_smtpd_gives_421() {
         let dir = TestDir::new(&format!("malformed_{cmd}"));
         let server = Chain::new(&dir).env("TEST_SMTPD_MALFORMED", cmd).start();
         let mut c = server.connect_greeted();
-        c.line(&format!("{cmd} x"));
-        c.expect_line(LOCAL_ERROR);
+        c.cmd_expect_line(&format!("{cmd} x"), LOCAL_ERROR);
         c.expect_closed(secs(20));
     }
 }
@@ -681,8 +660,7 @@ fn malformed_reply_to_the_proxys_rset_gives_421() {
     let dir = TestDir::new("malformed_rset_starttls");
     let server = Chain::new(&dir).env("TEST_SMTPD_MALFORMED", "RSET").start();
     let mut c = server.connect_greeted();
-    c.line("STARTTLS");
-    c.expect_line(LOCAL_ERROR);
+    c.cmd_expect_line("STARTTLS", LOCAL_ERROR);
     c.expect_closed(secs(20));
 }
 
@@ -711,14 +689,12 @@ fn idle_timeout_before_the_decision_does_not_apply_after_it() {
     let dir = TestDir::new("idle_before_only");
     let server = Chain::new(&dir).proxy_args(["-t", "1", "-T", "60"]).start();
     let mut c = server.connect_greeted();
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     match c.try_reply_within(Duration::from_millis(2500)) {
         Err(ReplyError::Ended { end: ReadEnd::Timeout, partial }) if partial.is_empty() => {}
         other => panic!("after the decision -t must not apply: {other:?}"),
     }
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
 }
 
@@ -727,8 +703,7 @@ fn idle_timeout_after_the_decision_plaintext() {
     let dir = TestDir::new("idle_after_plain");
     let server = Chain::new(&dir).proxy_args(["-T", "1"]).start();
     let mut c = server.connect_greeted();
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     let start = Instant::now();
     let (extra, end) = c.read_until_closed(secs(15));
     let waited = start.elapsed();
@@ -749,8 +724,7 @@ fn idle_timeout_after_the_decision_tls() {
         let dir = TestDir::new("idle_after_tls");
         let chain = Chain::new(&dir).proxy_args(["-T", "2"]);
         let server = if handover { chain } else { chain.without_handover() }.start();
-        let mut c = server.connect_greeted().starttls(&tls(&dir));
-        c.cmd_expect("EHLO client.test", 250);
+        let mut c = tls_session(&server, &dir);
         let start = Instant::now();
         let (_, end) = c.read_until_closed(secs(15));
         let waited = start.elapsed();
@@ -766,8 +740,7 @@ fn idle_timeout_after_the_decision_tls() {
 fn after_tls_the_proxy_hands_over_and_leaves() {
     let dir = TestDir::new("handover");
     let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
+    let mut c = tls_session(&server, &dir);
     let deadline = Instant::now() + secs(10);
     let names = loop {
         let names: Vec<String> = server.session_processes().into_iter().map(|p| p.comm).collect();
@@ -816,28 +789,16 @@ fn half_close_after_quit_still_gets_221() {
     let dir = TestDir::new("half_close");
     let server = Chain::new(&dir).start();
 
-    // Before the decision.
-    let mut c = server.connect_greeted();
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
-
-    // After the plaintext decision.
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
-
-    // After TLS.
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
+    /// QUIT and a half-close: the 221 still comes, then EOF.
+    fn quit_and_half_close<S: Conn>(mut c: Smtp<S>) {
+        c.send(b"QUIT\r\n");
+        c.close_write();
+        c.expect(221);
+        c.expect_closed(secs(20));
+    }
+    quit_and_half_close(server.connect_greeted()); // before the decision
+    quit_and_half_close(plaintext_session(&server));
+    quit_and_half_close(tls_session(&server, &dir));
 
     server.wait_sessions_gone(secs(20));
     server.assert_stderr_empty();
@@ -847,17 +808,15 @@ fn half_close_after_quit_still_gets_221() {
 fn half_close_without_quit_gets_the_pending_reply() {
     let dir = TestDir::new("half_close_vrfy");
     let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
-    c.send(b"VRFY x\r\n");
-    c.close_write();
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.expect_closed(secs(20));
-
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.send(b"VRFY y\r\n");
-    c.close_write();
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.expect_closed(secs(20));
+    /// VRFY and a half-close: its reply still comes, then EOF.
+    fn vrfy_and_half_close<S: Conn>(mut c: Smtp<S>, vrfy: &[u8]) {
+        c.send(vrfy);
+        c.close_write();
+        c.expect_line("252 2.5.2 Cannot VRFY user");
+        c.expect_closed(secs(20));
+    }
+    vrfy_and_half_close(server.connect_greeted(), b"VRFY x\r\n");
+    vrfy_and_half_close(server.connect_greeted().starttls(&tls(&dir)), b"VRFY y\r\n");
     server.wait_sessions_gone(secs(20));
 }
 
@@ -877,21 +836,10 @@ fn half_close_from_the_smtpd_passes_to_the_client() {
     let (extra, end) = c.read_until_closed(secs(20));
     assert!(extra.is_empty() && end.is_closed(), "{end:?} \"{}\"\n{}", show(&extra), c.transcript_string());
 
-    // After the plaintext decision the other direction stays open.
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    c.line("QUIT");
-    c.expect(221);
-    read_eof_keep_writing(&mut c, "late-bytes-plain");
-    c.close_write();
-
-    // After TLS too.
-    let mut t = server.connect_greeted().starttls(&tls(&dir));
-    t.cmd_expect("EHLO client.test", 250);
-    t.line("QUIT");
-    t.expect(221);
-    read_eof_keep_writing(&mut t, "late-bytes-tls");
-    t.close_write();
+    // After the plaintext decision the other direction stays open; after
+    // TLS too.
+    quit_read_eof_keep_writing(plaintext_session(&server), "late-bytes-plain");
+    quit_read_eof_keep_writing(tls_session(&server, &dir), "late-bytes-tls");
 
     server.wait_sessions_gone(secs(20));
     let log = server.smtpd_log();
@@ -901,12 +849,16 @@ fn half_close_from_the_smtpd_passes_to_the_client() {
     server.assert_stderr_empty();
 }
 
-/// Waits for the server's EOF without closing anything, then sends a line.
-fn read_eof_keep_writing<S: chainmail_tests::smtp::Conn>(c: &mut Smtp<S>, marker: &str) {
+/// Sends QUIT and expects the 221, waits for the server's EOF without
+/// closing anything, then sends the line `marker` and half-closes.
+fn quit_read_eof_keep_writing<S: Conn>(mut c: Smtp<S>, marker: &str) {
+    c.line("QUIT");
+    c.expect(221);
     match c.try_reply_within(secs(20)) {
         Err(ReplyError::Ended { end, partial }) if end.is_closed() && partial.is_empty() => c.line(marker),
         other => panic!("expected EOF after the 221, got {other:?}\n{}", c.transcript_string()),
     }
+    c.close_write();
 }
 
 /// A client that pipelines commands and never reads the replies: the
@@ -958,14 +910,10 @@ fn client_disconnect_ends_every_session_process() {
     drop(c);
     server.wait_sessions_gone(secs(20));
 
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    drop(c);
+    drop(plaintext_session(&server));
     server.wait_sessions_gone(secs(20));
 
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
-    drop(c);
+    drop(tls_session(&server, &dir));
     server.wait_sessions_gone(secs(20));
 }
 
