@@ -27,33 +27,18 @@ fn assert_session_continued(out: &Output, brief: &Brief) {
 
 // ----------------------------------------------------------- delivery
 
+/// swaks' envelope and HELO for a delivery into exim.
+const EXIM_ENVELOPE: [&str; 6] = ["-f", "sender@client.test", "-t", "rcpt@exim.test", "--helo", "client.test"];
+
 #[test]
 fn swaks_delivers_over_starttls_into_exim() {
     let dir = TestDir::new("swaks_tls_exim");
     let exim = Exim::setup(&dir);
     let server = Chain::new(&dir).smtpd(exim.argv()).start();
     let ca = dir.certs().ca();
-    let out = swaks(
-        &server,
-        &[
-            "--tls",
-            "--tls-verify",
-            "--tls-ca-path",
-            ca.to_str().expect("utf-8 path"),
-            "--tls-sni",
-            "mx.test",
-            "-f",
-            "sender@client.test",
-            "-t",
-            "rcpt@exim.test",
-            "--helo",
-            "client.test",
-            "--header",
-            "Subject: chainmail starttls delivery",
-            "--body",
-            "chain-tls-token-7431",
-        ],
-    );
+    let tls = ["--tls", "--tls-verify", "--tls-ca-path", ca.to_str().expect("utf-8 path"), "--tls-sni", "mx.test"];
+    let message = ["--header", "Subject: chainmail starttls delivery", "--body", "chain-tls-token-7431"];
+    let out = swaks(&server, &[&tls[..], &EXIM_ENVELOPE, &message].concat());
     assert!(out.success(), "{}\n{}", out.describe(), exim.logs());
     let transcript = out.stdout_str();
     let has = |line: &str| transcript.lines().any(|l| l.trim_start().starts_with(line));
@@ -73,19 +58,7 @@ fn swaks_delivers_in_plaintext_into_exim_and_the_engine_goes_away() {
     let dir = TestDir::new("swaks_plain_exim");
     let exim = Exim::setup(&dir);
     let server = Chain::new(&dir).smtpd(exim.argv()).start();
-    let out = swaks(
-        &server,
-        &[
-            "-f",
-            "sender@client.test",
-            "-t",
-            "rcpt@exim.test",
-            "--helo",
-            "client.test",
-            "--body",
-            "chain-plain-token-2209",
-        ],
-    );
+    let out = swaks(&server, &[&EXIM_ENVELOPE[..], &["--body", "chain-plain-token-2209"]].concat());
     assert!(out.success(), "{}\n{}", out.describe(), exim.logs());
     let transcript = out.stdout_str();
     let has = |line: &str| transcript.lines().any(|l| l.trim_start().starts_with(line));

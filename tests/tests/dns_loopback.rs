@@ -59,6 +59,14 @@ fn plan(server: &DnsServer, host: &str) -> Result<Vec<Exchanger>, DnsError> {
     resolver(server).plan_mx(host, within(5000))
 }
 
+/// `plan_mx` of `host` by a new resolver for `server`, with a deadline `ms`
+/// milliseconds from now (`None`: no deadline), and how long it took.
+fn timed_plan(server: &DnsServer, host: &str, ms: Option<u64>) -> (Result<Vec<Exchanger>, DnsError>, Duration) {
+    let t0 = Instant::now();
+    let r = resolver(server).plan_mx(host, ms.and_then(within));
+    (r, t0.elapsed())
+}
+
 fn expect_temporary(r: Result<Vec<Exchanger>, DnsError>, needle: &str) -> DnsError {
     match r {
         Err(e @ DnsError::Temporary { .. }) => {
@@ -215,9 +223,8 @@ fn a_server_that_never_answers() {
     let dir = TestDir::new("dns_a_server_that_never_answers");
     let _shared = shared();
     let server = DnsServer::start(&dir, "hole.test DROP\n");
-    let t0 = Instant::now();
-    let e = expect_temporary(resolver(&server).plan_mx("hole.test", within(1200)), "deadline");
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "hole.test", Some(1200));
+    let e = expect_temporary(r, "deadline");
     println!("never answers, deadline 1.2 s: {took:?}: {e}");
     assert!(took >= Duration::from_millis(1150) && took < Duration::from_millis(1700), "{took:?}");
     let log = {
@@ -234,9 +241,8 @@ fn a_server_that_never_answers_without_deadline() {
     let dir = TestDir::new("dns_a_server_that_never_answers_without_deadline");
     let _shared = shared();
     let server = DnsServer::start(&dir, "hole.test DROP\n");
-    let t0 = Instant::now();
-    let e = expect_temporary(resolver(&server).plan_mx("hole.test", None), "timed out");
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "hole.test", None);
+    let e = expect_temporary(r, "timed out");
     println!("never answers, no deadline: {took:?}: {e}");
     let bound = ATTEMPT_TIMEOUT * ATTEMPTS_WITHOUT_DEADLINE + Duration::from_secs(2);
     assert!(took < bound, "{took:?}");
@@ -489,9 +495,8 @@ fast.part.test A 192.0.2.40
 stuck.part.test DROP
 ",
     );
-    let t0 = Instant::now();
-    let list = ok(resolver(&server).plan_mx("part.test", within(1000)));
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "part.test", Some(1000));
+    let list = ok(r);
     assert_eq!(names(&list), ["fast.part.test"]);
     assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1500), "{took:?}");
     // Nothing found before the deadline: temporary.
@@ -516,9 +521,8 @@ good.slowbackup.test AAAA 2001:db8::50
 silent.slowbackup.test DROP
 ",
     );
-    let t0 = Instant::now();
-    let list = ok(resolver(&server).plan_mx("slowbackup.test", within(30_000)));
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "slowbackup.test", Some(30_000));
+    let list = ok(r);
     assert_eq!(names(&list), ["good.slowbackup.test"]);
     assert!(took < chainmail_dns::BACKUP_GRACE + Duration::from_millis(1500), "{took:?}");
     // When the best exchanger has no address yet, the backup is waited
