@@ -34,10 +34,12 @@ ensure 'command -v openssl' openssl
 ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks libnet-ssleay-perl libio-socket-ssl-perl
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
 
-echo "demo: building (cargo build --release, and --profile release-small for qmail-remote)"
+echo "demo: building (cargo build --release; qmail-remote and qmail-remote-io with --profile release-small, statically linked)"
 cargo build --release --locked -q -p ucspi-tlsd -p smtpd-starttls-proxy-io -p chainmail-tests \
     --bin ucspi-tlsd --bin smtpd-starttls-proxy-io --bin test-smtpd
-cargo build --profile release-small --locked -q -p qmail-remote -p qmail-remote-io
+for b in qmail-remote qmail-remote-io; do
+    cargo rustc --profile release-small --locked -q -p "$b" --bin "$b" -- -C target-feature=+crt-static
+done
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 qbin=${CARGO_TARGET_DIR:-$top/target}/release-small
 

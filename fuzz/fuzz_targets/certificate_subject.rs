@@ -1,4 +1,4 @@
-//! The DER walker and RFC 4514 formatter on arbitrary bytes: no panic,
+//! x509-parser and the RFC 4514 formatter on arbitrary bytes: no panic,
 //! and the output never contains a NUL (it goes into a NUL-separated
 //! record).
 #![no_main]

@@ -1567,10 +1567,10 @@ fn remote_io_under_tcpclient() {
     assert_eq!(peer.messages()[0].get("tls"), "none", "-s off by default");
 
     let ca = dir.certs().ca().display().to_string();
-    let out = remote_io(&home, peer.port, &["-s", "verify", "-T", &ca, "-n", "mx.test"], MSG);
+    let out = remote_io(&home, peer.port, &["-s", &format!("verify:{ca}"), "-n", "mx.test"], MSG);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert!(contains(&out.stdout, b"\nTLS: TLSv1."), "{}", out.describe());
-    let out = remote_io(&home, peer.port, &["-s", "verify", "-T", &ca, "-n", "b.test"], MSG);
+    let out = remote_io(&home, peer.port, &["-s", &format!("verify:{ca}"), "-n", "b.test"], MSG);
     assert_eq!(out.code(), Some(12), "wrong name under verify\n{}", out.describe());
     assert_eq!(peer.messages().len(), 2);
 

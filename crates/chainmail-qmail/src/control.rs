@@ -27,6 +27,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chainmail_tls::{TlsPolicy, TrustAnchors};
 use thiserror::Error;
 
 /// The compiled-in qmail home, used when `QMAILHOME` is unset or empty.
@@ -49,7 +50,7 @@ pub(crate) const MAX_TIMEOUT: u64 = u32::MAX as u64;
 /// The `trustanchors` value that selects the Mozilla root certificates
 /// compiled into the binary (webpki-roots), so that a fresh installation
 /// needs no CA bundle: `echo builtin > control/trustanchors`.
-pub const BUILTIN_TRUST_ANCHORS: &str = "builtin";
+pub use chainmail_tls::BUILTIN_TRUST_ANCHORS;
 
 /// How much of a line file is read at most. A longer first line is cut
 /// there; no control value comes close.
@@ -196,43 +197,11 @@ impl TlsStrictness {
     }
 }
 
-/// `control/trustanchors`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum TrustAnchors {
-    /// The file is missing, empty or a lone newline: STARTTLS is not
-    /// attempted.
-    #[default]
-    None,
-    /// A PEM file with all the trust anchors (a path without a trailing
-    /// slash).
-    File(PathBuf),
-    /// A directory of hashed certificates (a path with a trailing slash,
-    /// kept in the path).
-    Dir(PathBuf),
-    /// The value [`BUILTIN_TRUST_ANCHORS`]: the Mozilla roots compiled into
-    /// the binary.
-    BuiltIn,
-}
-
-impl TrustAnchors {
-    /// The trust anchors for the value of the file (already stripped).
-    /// Relative paths are taken relative to `home`, where qmail-remote runs.
-    pub fn from_value(value: &[u8], home: &Path) -> TrustAnchors {
-        if value.is_empty() {
-            TrustAnchors::None
-        } else if value == BUILTIN_TRUST_ANCHORS.as_bytes() {
-            TrustAnchors::BuiltIn
-        } else {
-            let path = home.join(OsStr::from_bytes(value));
-            if value.ends_with(b"/") { TrustAnchors::Dir(path) } else { TrustAnchors::File(path) }
-        }
-    }
-
-    /// True unless [`TrustAnchors::None`].
-    pub fn is_configured(&self) -> bool {
-        *self != TrustAnchors::None
-    }
-}
+/// `control/tlsstrictness` asks for verified TLS, and `control/trustanchors`
+/// names no trust anchors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("control/tlsstrictness asks for verified TLS but control/trustanchors is empty")]
+pub struct NoTrustAnchors;
 
 /// The client certificate sent when a server asks for one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,8 +234,9 @@ pub struct Control {
     pub timeout_dns: Duration,
     /// `control/tlsstrictness` (default 0).
     pub tls_strictness: TlsStrictness,
-    /// `control/trustanchors`.
-    pub trust_anchors: TrustAnchors,
+    /// `control/trustanchors`: `None` when the file is missing, empty or
+    /// a lone newline (STARTTLS is then not attempted).
+    pub trust_anchors: Option<TrustAnchors>,
     /// `control/clientcert` and `control/clientkey`.
     pub client_identity: Option<ClientIdentity>,
 }
@@ -319,6 +289,29 @@ fn check_helohost(path: &Path, value: &[u8]) -> Result<String, ControlError> {
 }
 
 impl Control {
+    /// The TLS policy of each of qmail-remote's passes over the addresses,
+    /// from `tlsstrictness` and `trustanchors`:
+    ///
+    /// * no trust anchors: no STARTTLS (and for strictness 2, no delivery:
+    ///   never fall back to plaintext because a file is missing);
+    /// * 0: opportunistic, any certificate;
+    /// * 1: TLS with any certificate, then a plaintext pass over the
+    ///   servers that could not do TLS;
+    /// * 2: TLS verified against the trust anchors.
+    pub fn tls_passes(&self) -> Result<Vec<TlsPolicy>, NoTrustAnchors> {
+        let Some(anchors) = &self.trust_anchors else {
+            return match self.tls_strictness {
+                TlsStrictness::Required => Err(NoTrustAnchors),
+                _ => Ok(vec![TlsPolicy::Off]),
+            };
+        };
+        Ok(match self.tls_strictness {
+            TlsStrictness::Opportunistic => vec![TlsPolicy::Opportunistic],
+            TlsStrictness::Preferred => vec![TlsPolicy::RequireAnyCertificate, TlsPolicy::Off],
+            TlsStrictness::Required => vec![TlsPolicy::RequireVerified(anchors.clone())],
+        })
+    }
+
     /// Loads the control files of the qmail home `home`.
     pub fn load(home: &Path) -> Result<Control, ControlError> {
         let dir = home.join(CONTROL_DIR);
@@ -339,10 +332,9 @@ impl Control {
         let me = me.map(|m| String::from_utf8_lossy(&m).into_owned());
 
         let tls_strictness = read_number(&path("tlsstrictness"))?.map(TlsStrictness::from_number).unwrap_or_default();
-        let trust_anchors = match read_line(&path("trustanchors"))? {
-            Some(v) => TrustAnchors::from_value(&v, home),
-            None => TrustAnchors::None,
-        };
+        // Relative paths are taken relative to the home, where qmail-remote runs.
+        let trust_anchors =
+            read_line(&path("trustanchors"))?.and_then(|v| TrustAnchors::parse(OsStr::from_bytes(&v), home));
 
         let cert_path = path("clientcert");
         let key_path = path("clientkey");
@@ -444,16 +436,41 @@ mod tests {
     #[test]
     fn trust_anchor_values() {
         let home = Path::new("/var/qmail");
-        let cases: &[(&[u8], TrustAnchors)] = &[
-            (b"", TrustAnchors::None),
-            (b"builtin", TrustAnchors::BuiltIn),
-            (b"Builtin", TrustAnchors::File(PathBuf::from("/var/qmail/Builtin"))),
-            (b"/etc/ssl/cert.pem", TrustAnchors::File(PathBuf::from("/etc/ssl/cert.pem"))),
-            (b"/etc/ssl/certs/", TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/"))),
-            (b"control/ca.pem", TrustAnchors::File(PathBuf::from("/var/qmail/control/ca.pem"))),
+        let cases: &[(&[u8], Option<TrustAnchors>)] = &[
+            (b"", None),
+            (b"builtin", Some(TrustAnchors::BuiltIn)),
+            (b"Builtin", Some(TrustAnchors::File(PathBuf::from("/var/qmail/Builtin")))),
+            (b"/etc/ssl/cert.pem", Some(TrustAnchors::File(PathBuf::from("/etc/ssl/cert.pem")))),
+            (b"/etc/ssl/certs/", Some(TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/")))),
+            (b"control/ca.pem", Some(TrustAnchors::File(PathBuf::from("/var/qmail/control/ca.pem")))),
         ];
         for (value, want) in cases {
-            assert_eq!(TrustAnchors::from_value(value, home), *want, "{value:?}");
+            assert_eq!(TrustAnchors::parse(OsStr::from_bytes(value), home), *want, "{value:?}");
+        }
+    }
+
+    /// Every strictness level with and without trust anchors.
+    #[test]
+    fn tls_passes_of_every_level() {
+        let dir = home_with(&[("me", b"me\n")]);
+        let mut c = Control::load(dir.path()).expect("load");
+        let anchors = TrustAnchors::BuiltIn;
+        let cases = [
+            (TlsStrictness::Opportunistic, None, Ok(vec![TlsPolicy::Off])),
+            (TlsStrictness::Preferred, None, Ok(vec![TlsPolicy::Off])),
+            (TlsStrictness::Required, None, Err(NoTrustAnchors)),
+            (TlsStrictness::Opportunistic, Some(anchors.clone()), Ok(vec![TlsPolicy::Opportunistic])),
+            (
+                TlsStrictness::Preferred,
+                Some(anchors.clone()),
+                Ok(vec![TlsPolicy::RequireAnyCertificate, TlsPolicy::Off]),
+            ),
+            (TlsStrictness::Required, Some(anchors.clone()), Ok(vec![TlsPolicy::RequireVerified(anchors.clone())])),
+        ];
+        for (strictness, trust_anchors, want) in cases {
+            c.tls_strictness = strictness;
+            c.trust_anchors = trust_anchors;
+            assert_eq!(c.tls_passes(), want, "{strictness:?} {:?}", c.trust_anchors);
         }
     }
 
@@ -476,7 +493,7 @@ mod tests {
         assert_eq!(c.timeout_remote, Duration::from_secs(1200));
         assert_eq!(c.timeout_dns, Duration::from_secs(DEFAULT_TIMEOUT_DNS));
         assert_eq!(c.tls_strictness, TlsStrictness::Opportunistic);
-        assert_eq!(c.trust_anchors, TrustAnchors::None);
+        assert_eq!(c.trust_anchors, None);
         assert_eq!(c.client_identity, None);
         assert_eq!(c.home, dir.path());
     }
@@ -559,7 +576,7 @@ mod tests {
         ]);
         let c = Control::load(dir.path()).expect("load");
         assert_eq!(c.tls_strictness, TlsStrictness::Required);
-        assert_eq!(c.trust_anchors, TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/")));
+        assert_eq!(c.trust_anchors, Some(TrustAnchors::Dir(PathBuf::from("/etc/ssl/certs/"))));
         assert_eq!(
             c.client_identity,
             Some(ClientIdentity {
@@ -572,7 +589,7 @@ mod tests {
         // key file holds both.
         let dir = home_with(&[("me", b"me\n"), ("trustanchors", b"\n"), ("clientcert", b"control/clientcert.pem\n")]);
         let c = Control::load(dir.path()).expect("load");
-        assert_eq!(c.trust_anchors, TrustAnchors::None);
+        assert_eq!(c.trust_anchors, None);
         let pem = dir.path().join("control/clientcert.pem");
         assert_eq!(c.client_identity, Some(ClientIdentity { cert: pem.clone(), key: pem }));
 

@@ -34,7 +34,7 @@ pub mod tcpto;
 mod testutil;
 
 pub use address::{AddressError, SmtpPath};
-pub use control::{Control, ControlError, TlsStrictness, TrustAnchors};
+pub use control::{Control, ControlError, NoTrustAnchors, TlsStrictness};
 pub use ipme::{Ipme, IpmeError};
 pub use report::{Disposition, Final, RemoteText, Report};
 pub use routes::{RelayHost, Route, RouteTable, Routes, RoutesError};

@@ -71,13 +71,11 @@ fn shutdown(fd: &impl AsFd, how: Shutdown) -> io::Result<()> {
 /// final `221`). After `shutdown_write`, draining the input until the peer
 /// closes avoids that. The descriptor may be blocking or not.
 pub fn drain(fd: &impl AsFd, deadline: Deadline) {
-    use nix::poll::{PollFd, PollFlags};
     let mut buf = [0u8; 4096];
     loop {
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match crate::poll::wait(&mut fds, deadline) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match crate::poll::wait_one(fd.as_fd(), crate::poll::Interest::Read, deadline) {
+            Ok(None) | Err(_) => return,
+            Ok(Some(_)) => {}
         }
         match crate::fd::read(fd, &mut buf) {
             Ok(0) => return,

@@ -32,8 +32,6 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollTimeout};
-
 /// A point in time after which an operation gives up, or never.
 ///
 /// No constructor panics: a deadline further away than `Instant` can
@@ -301,26 +299,6 @@ pub fn wait_one(fd: BorrowedFd<'_>, interest: Interest, deadline: Deadline) -> i
     Ok((fds[0].revents != 0).then(|| Readiness::from_revents(fds[0].revents)))
 }
 
-/// Waits on `fds` until one is ready or `deadline` passes. Returns the
-/// number of ready descriptors, 0 when the deadline passed. `EINTR` is
-/// retried with the time that is left.
-///
-/// The loops that still build their own `PollFd` arrays use this; new
-/// code uses [`PollSet`] or [`wait_one`].
-pub fn wait(fds: &mut [PollFd<'_>], deadline: Deadline) -> io::Result<usize> {
-    loop {
-        let timeout = match deadline.remaining() {
-            None => PollTimeout::NONE,
-            Some(_) => PollTimeout::try_from(deadline.poll_timeout_ms()).unwrap_or(PollTimeout::MAX),
-        };
-        match nix::poll::poll(fds, timeout) {
-            Ok(n) => return Ok(n as usize),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,16 +346,6 @@ mod tests {
         // Rounded up: a wait never ends just before the deadline.
         let near = Deadline::after(Duration::from_micros(1500));
         assert!((1..=2).contains(&near.poll_timeout_ms()));
-    }
-
-    #[test]
-    fn wait_times_out() {
-        let (r, _w) = fd::pipe().expect("pipe");
-        let mut fds = [PollFd::new(r.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let start = Instant::now();
-        let n = wait(&mut fds, Deadline::after(Duration::from_millis(30))).expect("poll");
-        assert_eq!(n, 0);
-        assert!(start.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

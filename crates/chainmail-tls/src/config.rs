@@ -247,9 +247,9 @@ impl TlsEnv {
     /// the PEM bundle `CAFILE`.
     fn trust_anchors(&self) -> Result<RootCertStore, ConfigError> {
         if let Some(dir) = &self.cadir {
-            keys::trust_anchors_from_dir("CADIR", Path::new(dir))
+            keys::load_trust_anchor_files("CADIR", Path::new(dir), true)
         } else if let Some(file) = &self.cafile {
-            keys::trust_anchors_from_file("CAFILE", Path::new(file))
+            keys::load_trust_anchor_files("CAFILE", Path::new(file), false)
         } else {
             Err(ConfigError::NoCa)
         }

@@ -1,15 +1,18 @@
 //! Distinguished names as RFC 4514 strings (`CN=client.test,O=Test`).
 //!
-//! The RDNs come out last first, as RFC 4514 wants, so the output reads
-//! like `openssl x509 -nameopt RFC2253`. Attribute types with a common
-//! short name (CN, C, ST, L, O, OU, STREET, DC, UID, emailAddress) are
-//! written by name with their string value; any other type, and any
-//! value that is not a decodable string, is written in the RFC's fallback
-//! form `dotted.oid=#hex-of-the-DER-value`.
+//! x509-parser reads the certificate and its name; this module only
+//! decides how a name is written. The RDNs come out last first, as RFC
+//! 4514 wants, so the output reads like `openssl x509 -nameopt RFC2253`.
+//! Attribute types with a common short name (CN, C, ST, L, O, OU, STREET,
+//! DC, UID, emailAddress) are written by name with their string value;
+//! any other type, and any value that is not a decodable string, is
+//! written in the RFC's fallback form `dotted.oid=#hex-of-the-DER-value`.
 
 use std::fmt::Write;
 
-use crate::der::{Reader, Tlv, tag, write_oid};
+use x509_parser::asn1_rs::{Any, Class, Oid};
+use x509_parser::nom::Offset;
+use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
 /// Short names for the attribute types worth naming, by DER contents of
 /// their OBJECT IDENTIFIER.
@@ -26,52 +29,55 @@ const NAMES: &[(&[u8], &str)] = &[
     (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01], "emailAddress"),
 ];
 
+/// Universal tags of the directory string types.
+mod tag {
+    pub const UTF8_STRING: u32 = 12;
+    pub const NUMERIC_STRING: u32 = 18;
+    pub const PRINTABLE_STRING: u32 = 19;
+    pub const TELETEX_STRING: u32 = 20;
+    pub const IA5_STRING: u32 = 22;
+    pub const VISIBLE_STRING: u32 = 26;
+    pub const UNIVERSAL_STRING: u32 = 28;
+    pub const BMP_STRING: u32 = 30;
+}
+
 /// The subject of a DER-encoded X.509 certificate, as an RFC 4514 string.
-/// `None` if the certificate cannot be walked.
+/// `None` if the certificate cannot be read.
 pub fn certificate_subject(cert_der: &[u8]) -> Option<String> {
-    let cert = Reader::new(cert_der).expect(tag::SEQUENCE)?;
-    let tbs = Reader::new(cert.value).expect(tag::SEQUENCE)?;
-    let mut r = Reader::new(tbs.value);
-    let mut next = r.next_tlv()?;
-    if next.tag == tag::CONTEXT_0 {
-        next = r.next_tlv()?; // version
-    }
-    if next.tag != tag::INTEGER {
-        return None; // serialNumber
-    }
-    r.expect(tag::SEQUENCE)?; // signature
-    r.expect(tag::SEQUENCE)?; // issuer
-    r.expect(tag::SEQUENCE)?; // validity
-    let subject = r.expect(tag::SEQUENCE)?;
-    format_name(subject.raw)
+    let (_, cert) = X509Certificate::from_der(cert_der).ok()?;
+    write_name(cert.subject(), cert_der)
 }
 
 /// Formats a DER `Name` (the whole SEQUENCE element) as an RFC 4514 string.
 /// `None` if it is malformed.
 pub fn format_name(name_der: &[u8]) -> Option<String> {
-    let mut outer = Reader::new(name_der);
-    let name = outer.expect(tag::SEQUENCE)?;
-    if !outer.is_empty() {
+    let (rest, name) = X509Name::from_der(name_der).ok()?;
+    if !rest.is_empty() {
         return None;
     }
-    // Collect the RDNs first: they are written in reverse order.
-    let mut rdns: Vec<Tlv<'_>> = Vec::new();
-    let mut r = Reader::new(name.value);
-    while !r.is_empty() {
-        rdns.push(r.expect(tag::SET)?);
+    write_name(&name, name_der)
+}
+
+/// Writes `name`, read from `container`. x509-parser stops reading a
+/// name at the first RDN it cannot parse and keeps the ones before: a
+/// name that was not read to its end is refused here rather than written
+/// shortened.
+fn write_name(name: &X509Name<'_>, container: &[u8]) -> Option<String> {
+    let raw = name.as_raw();
+    let start = container.offset(raw);
+    let (rest, _) = Any::from_der(container.get(start..)?).ok()?;
+    if container.len() - start - rest.len() != raw.len() {
+        return None;
     }
-    let mut out = String::with_capacity(name.value.len() + 16);
+    let mut out = String::with_capacity(name.as_raw().len() + 16);
+    let rdns: Vec<_> = name.iter_rdn().collect();
     for (i, rdn) in rdns.iter().rev().enumerate() {
         if i > 0 {
             out.push(',');
         }
         // The values of a multi-valued RDN have no order; like OpenSSL,
         // write them last first as well.
-        let mut atvs: Vec<Tlv<'_>> = Vec::new();
-        let mut r = Reader::new(rdn.value);
-        while !r.is_empty() {
-            atvs.push(r.expect(tag::SEQUENCE)?);
-        }
+        let atvs: Vec<_> = rdn.iter().collect();
         if atvs.is_empty() {
             return None; // an empty RDN is not allowed
         }
@@ -79,20 +85,14 @@ pub fn format_name(name_der: &[u8]) -> Option<String> {
             if j > 0 {
                 out.push('+');
             }
-            write_atv(&mut out, atv.value)?;
+            write_atv(&mut out, atv.attr_type(), atv.attr_value())?;
         }
     }
     Some(out)
 }
 
-fn write_atv(out: &mut String, atv: &[u8]) -> Option<()> {
-    let mut r = Reader::new(atv);
-    let oid = r.expect(tag::OID)?;
-    let value = r.next_tlv()?;
-    if !r.is_empty() {
-        return None;
-    }
-    let short = NAMES.iter().find(|(der, _)| *der == oid.value).map(|(_, n)| *n);
+fn write_atv(out: &mut String, oid: &Oid<'_>, value: &Any<'_>) -> Option<()> {
+    let short = NAMES.iter().find(|(der, _)| *der == oid.as_bytes()).map(|(_, n)| *n);
     match short {
         Some(name) => {
             out.push_str(name);
@@ -100,32 +100,54 @@ fn write_atv(out: &mut String, atv: &[u8]) -> Option<()> {
             let mark = out.len();
             if !write_string_value(out, value) {
                 out.truncate(mark);
-                write_hex_value(out, value.raw);
+                write_hex_value(out, value)?;
             }
         }
         None => {
-            if !write_oid(out, oid.value) {
+            // Arcs beyond 64 bits: not an OID worth writing.
+            let arcs: Vec<u64> = oid.iter()?.collect();
+            if arcs.is_empty() {
                 return None;
             }
+            for (i, arc) in arcs.iter().enumerate() {
+                let _ = write!(out, "{}{arc}", if i > 0 { "." } else { "" });
+            }
             out.push('=');
-            write_hex_value(out, value.raw);
+            write_hex_value(out, value)?;
         }
     }
     Some(())
 }
 
-fn write_hex_value(out: &mut String, raw: &[u8]) {
+/// `#` and the hex of the value's whole DER element (identifier, length,
+/// contents).
+fn write_hex_value(out: &mut String, value: &Any<'_>) -> Option<()> {
+    let identifier = value.header.raw_tag()?;
+    let len = value.data.len();
+    let mut length = Vec::with_capacity(5);
+    if len < 0x80 {
+        length.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        length.push(0x80 | (bytes.len() - skip) as u8);
+        length.extend_from_slice(&bytes[skip..]);
+    }
     out.push('#');
-    for b in raw {
+    for b in identifier.iter().chain(&length).chain(value.data) {
         let _ = write!(out, "{b:02x}");
     }
+    Some(())
 }
 
 /// Decodes a directory string and writes it escaped. Returns `false` for
 /// types that are not strings or contents that do not decode.
-fn write_string_value(out: &mut String, v: Tlv<'_>) -> bool {
-    let bytes = v.value;
-    match v.tag {
+fn write_string_value(out: &mut String, v: &Any<'_>) -> bool {
+    if v.header.class() != Class::Universal || v.header.constructed() {
+        return false;
+    }
+    let bytes = v.data;
+    match v.header.tag().0 {
         tag::UTF8_STRING => match std::str::from_utf8(bytes) {
             Ok(s) => escape_into(out, s.chars()),
             Err(_) => return false,
@@ -198,6 +220,20 @@ fn escape_into(out: &mut String, chars: impl Iterator<Item = char> + Clone) {
 mod tests {
     use super::*;
 
+    /// Identifier octets, to build names by hand.
+    mod t {
+        pub const INTEGER: u8 = 0x02;
+        pub const OID: u8 = 0x06;
+        pub const UTF8_STRING: u8 = 0x0c;
+        pub const PRINTABLE_STRING: u8 = 0x13;
+        pub const TELETEX_STRING: u8 = 0x14;
+        pub const IA5_STRING: u8 = 0x16;
+        pub const UNIVERSAL_STRING: u8 = 0x1c;
+        pub const BMP_STRING: u8 = 0x1e;
+        pub const SEQUENCE: u8 = 0x30;
+        pub const SET: u8 = 0x31;
+    }
+
     /// DER helpers to build names by hand.
     fn tlv(t: u8, v: &[u8]) -> Vec<u8> {
         assert!(v.len() < 0x80);
@@ -207,17 +243,17 @@ mod tests {
     }
 
     fn atv(oid: &[u8], vtag: u8, v: &[u8]) -> Vec<u8> {
-        let mut inner = tlv(tag::OID, oid);
+        let mut inner = tlv(t::OID, oid);
         inner.extend(tlv(vtag, v));
-        tlv(tag::SEQUENCE, &inner)
+        tlv(t::SEQUENCE, &inner)
     }
 
     fn name(rdns: &[Vec<Vec<u8>>]) -> Vec<u8> {
         let mut seq = Vec::new();
         for rdn in rdns {
-            seq.extend(tlv(tag::SET, &rdn.concat()));
+            seq.extend(tlv(t::SET, &rdn.concat()));
         }
-        tlv(tag::SEQUENCE, &seq)
+        tlv(t::SEQUENCE, &seq)
     }
 
     const CN: &[u8] = &[0x55, 0x04, 0x03];
@@ -227,9 +263,9 @@ mod tests {
     #[test]
     fn reversed_order_and_multivalued() {
         let n = name(&[
-            vec![atv(C, tag::PRINTABLE_STRING, b"DE")],
-            vec![atv(O, tag::UTF8_STRING, b"Test"), atv(&[0x55, 0x04, 0x0b], tag::UTF8_STRING, b"Unit")],
-            vec![atv(CN, tag::UTF8_STRING, b"client.test")],
+            vec![atv(C, t::PRINTABLE_STRING, b"DE")],
+            vec![atv(O, t::UTF8_STRING, b"Test"), atv(&[0x55, 0x04, 0x0b], t::UTF8_STRING, b"Unit")],
+            vec![atv(CN, t::UTF8_STRING, b"client.test")],
         ]);
         assert_eq!(format_name(&n).as_deref(), Some("CN=client.test,OU=Unit+O=Test,C=DE"));
     }
@@ -251,7 +287,7 @@ mod tests {
             (b"a=b", "CN=a=b"),
             (b"", "CN="),
         ] {
-            let n = name(&[vec![atv(CN, tag::UTF8_STRING, value)]]);
+            let n = name(&[vec![atv(CN, t::UTF8_STRING, value)]]);
             assert_eq!(format_name(&n).as_deref(), Some(want), "{value:?}");
         }
     }
@@ -261,17 +297,17 @@ mod tests {
         let bmp: Vec<u8> = "Zoë".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
         let univ: Vec<u8> = "Zoë".chars().flat_map(|c| (c as u32).to_be_bytes()).collect();
         for (t, v, want) in [
-            (tag::BMP_STRING, bmp.as_slice(), "CN=Zoë"),
-            (tag::UNIVERSAL_STRING, univ.as_slice(), "CN=Zoë"),
-            (tag::TELETEX_STRING, &[0x5a, 0x6f, 0xeb][..], "CN=Zoë"),
-            (tag::IA5_STRING, b"a@b", "CN=a@b"),
+            (t::BMP_STRING, bmp.as_slice(), "CN=Zoë"),
+            (t::UNIVERSAL_STRING, univ.as_slice(), "CN=Zoë"),
+            (t::TELETEX_STRING, &[0x5a, 0x6f, 0xeb][..], "CN=Zoë"),
+            (t::IA5_STRING, b"a@b", "CN=a@b"),
             // Not decodable: the hex fallback of the whole value element.
-            (tag::UTF8_STRING, &[0xff][..], "CN=#0c01ff"),
-            (tag::PRINTABLE_STRING, &[0xe9][..], "CN=#1301e9"),
-            (tag::BMP_STRING, &[0x00][..], "CN=#1e0100"),
-            (tag::BMP_STRING, &[0xd8, 0x00][..], "CN=#1e02d800"),
-            (tag::UNIVERSAL_STRING, &[0, 0x11, 0, 0][..], "CN=#1c0400110000"),
-            (tag::INTEGER, &[0x05][..], "CN=#020105"),
+            (t::UTF8_STRING, &[0xff][..], "CN=#0c01ff"),
+            (t::PRINTABLE_STRING, &[0xe9][..], "CN=#1301e9"),
+            (t::BMP_STRING, &[0x00][..], "CN=#1e0100"),
+            (t::BMP_STRING, &[0xd8, 0x00][..], "CN=#1e02d800"),
+            (t::UNIVERSAL_STRING, &[0, 0x11, 0, 0][..], "CN=#1c0400110000"),
+            (t::INTEGER, &[0x05][..], "CN=#020105"),
         ] {
             let n = name(&[vec![atv(CN, t, v)]]);
             assert_eq!(format_name(&n).as_deref(), Some(want), "tag {t:#x}");
@@ -280,7 +316,7 @@ mod tests {
 
     #[test]
     fn unknown_oid_is_dotted_with_hex() {
-        let n = name(&[vec![atv(&[0x55, 0x04, 0x05], tag::PRINTABLE_STRING, b"42")]]);
+        let n = name(&[vec![atv(&[0x55, 0x04, 0x05], t::PRINTABLE_STRING, b"42")]]);
         assert_eq!(format_name(&n).as_deref(), Some("2.5.4.5=#13023432"));
     }
 
@@ -321,10 +357,19 @@ mod tests {
     fn empty_and_malformed() {
         assert_eq!(format_name(&[0x30, 0x00]).as_deref(), Some(""));
         assert_eq!(format_name(&[0x30, 0x02, 0x31, 0x00]), None);
+        // A bad RDN after a good one: refused, not shortened.
+        let mut n = name(&[vec![atv(CN, t::UTF8_STRING, b"abc")]]);
+        n.extend([0x31, 0x00]);
+        n[1] += 2;
+        assert_eq!(format_name(&n), None);
+        let mut n = name(&[vec![atv(CN, t::UTF8_STRING, b"abc")]]);
+        n.extend([0x31, 0x03, 0x30, 0x01, 0x00]);
+        n[1] += 5;
+        assert_eq!(format_name(&n), None);
         assert_eq!(format_name(&[0x30, 0x02, 0x30, 0x00]), None);
         assert_eq!(format_name(&[0x31, 0x00]), None);
         assert_eq!(format_name(&[0x30, 0x00, 0x00]), None);
-        let truncated = name(&[vec![atv(CN, tag::UTF8_STRING, b"abc")]]);
+        let truncated = name(&[vec![atv(CN, t::UTF8_STRING, b"abc")]]);
         assert_eq!(format_name(&truncated[..truncated.len() - 1]), None);
         assert_eq!(certificate_subject(b"not a certificate"), None);
     }

@@ -5,7 +5,6 @@
 use std::fmt::Write;
 
 use chainmail_ucspi_tls::InfoRecord;
-use rustls::server::ServerConnection;
 use rustls::{CipherSuite, ProtocolVersion};
 
 use crate::dn;
@@ -25,11 +24,12 @@ pub struct ConnectionInfo<'a> {
 
 impl<'a> ConnectionInfo<'a> {
     /// The information of a connection whose handshake is complete.
-    pub fn of(conn: &'a ServerConnection) -> ConnectionInfo<'a> {
+    pub fn of(engine: &'a crate::ServerEngine) -> ConnectionInfo<'a> {
+        let conn = engine.connection();
         ConnectionInfo {
             protocol: conn.protocol_version(),
             cipher: conn.negotiated_cipher_suite().map(|s| s.suite()),
-            server_name: conn.server_name(),
+            server_name: engine.server_name(),
             peer_certificate: conn.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref()),
         }
     }

@@ -5,25 +5,33 @@
 //!   `CADIR`), with SNI selection and optional client certificates.
 //! * [`keys`]: certificates, private keys and trust anchors from PEM or
 //!   DER files.
-//! * [`client`]: client configurations for SMTP delivery: opportunistic
-//!   or verified (trust anchors from a file, a directory, or built in).
-//! * [`Engine`]: the server side of a session between a network and an
-//!   application, without I/O, so that the relay can be tested in memory.
-//! * [`ConnectionInfo`]: fills the `SSL_*` record a UCSPI-TLS server sends back
+//! * [`TlsPolicy`] ([`client`]): what an SMTP client does about TLS
+//!   (off, opportunistic, required with any certificate, verified against
+//!   [`TrustAnchors`], pinned), from the control files to the rustls
+//!   configuration.
+//! * [`verify`]: the certificate verifiers beside WebPKI: any
+//!   certificate, and pins.
+//! * [`Engine`]: one TLS session between a network and an application,
+//!   server side ([`ServerEngine`]) or client side ([`ClientEngine`]),
+//!   without I/O, so that it can be tested in memory.
+//! * [`ConnectionInfo`]: the `SSL_*` record a UCSPI-TLS server sends back
 //!   after `Y`, with [`dn`] writing the peer's subject per RFC 4514.
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod config;
-mod der;
 pub mod dn;
 pub mod engine;
 mod error;
 mod info;
 pub mod keys;
+pub mod verify;
+mod x509;
 
+pub use client::{PolicyError, TlsPolicy};
 pub use config::{ClientAuth, SniLevel, TlsEnv, provider};
-pub use engine::{Engine, EngineError, Policy, Step, Wants};
+pub use engine::{ClientEngine, Engine, EngineError, Policy, ServerEngine, Side, Step, Wants};
 pub use error::ConfigError;
 pub use info::{ConnectionInfo, certificate_hash, cipher_suite_name, protocol_name};
+pub use keys::{BUILTIN_TRUST_ANCHORS, TrustAnchors};
 pub use rustls;

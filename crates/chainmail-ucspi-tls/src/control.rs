@@ -25,9 +25,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_sys::cli::{SysError, sys};
-use chainmail_sys::poll::{self, Deadline};
+use chainmail_sys::poll::{self, Deadline, Interest};
 use chainmail_sys::{fd, net};
-use nix::poll::{PollFd, PollFlags};
 use thiserror::Error;
 
 use crate::info::{InfoRecord, MAX_RECORD};
@@ -220,8 +219,7 @@ fn read_record(ctl: BorrowedFd<'_>, deadline: Deadline, until_end_mark: bool) ->
     let mut record = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let mut pfds = [PollFd::new(ctl, PollFlags::POLLIN)];
-        if poll::wait(&mut pfds, deadline).map_err(sys("poll"))? == 0 {
+        if poll::wait_one(ctl, Interest::Read, deadline).map_err(sys("poll"))?.is_none() {
             return Err(ControlError::Timeout);
         }
         match fd::read(&ctl, &mut buf) {

@@ -2,15 +2,14 @@
 //! socket, every wait bounded by the per-operation timeout
 //! (`timeoutremote`, as stock qmail applies it to each read and write).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chainmail_sys::fd::{self, FdIo};
-use chainmail_sys::poll::{self, Deadline};
-use nix::poll::{PollFd, PollFlags};
-use rustls::ClientConnection;
+use chainmail_sys::poll::{Deadline, Interest, PollSet};
+use chainmail_tls::{ClientEngine, EngineError, Policy, Step};
 use rustls::pki_types::ServerName;
 
 /// Why the connection stopped working.
@@ -36,23 +35,45 @@ impl std::fmt::Display for ConnError {
 
 /// Plaintext read ahead while writing beyond which reading pauses.
 const INBOX_LIMIT: usize = 1 << 20;
-/// Plaintext rustls may hold for sending.
-const TLS_BUFFER: usize = 64 * 1024;
+
+/// How the TLS session of a delivery ends: with close_notify after the
+/// last command, and an EOF without it ends the input like any EOF (SMTP
+/// replies say themselves where they end).
+const POLICY: Policy = Policy { close_notify_on_app_eof: true, require_close_notify: false };
 
 /// A connection to the server.
 #[derive(Debug)]
 pub struct Conn {
     rfd: OwnedFd,
     wfd: OwnedFd,
-    tls: Option<Box<ClientConnection>>,
+    tls: Option<Box<ClientEngine>>,
     /// Plaintext received and not yet handed out.
     inbox: Vec<u8>,
     eof: bool,
     timeout: Duration,
+    /// The poll set, reused by every wait.
+    poll: PollSet<Direction>,
+}
+
+/// Which way a wait on the socket looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// The read side (`-6`).
+    In,
+    /// The write side (`-7`).
+    Out,
 }
 
 fn closed(e: io::Error) -> ConnError {
     ConnError::Closed(e.to_string())
+}
+
+fn engine_failed(e: EngineError) -> ConnError {
+    match e {
+        EngineError::Tls(e) => ConnError::Tls(e),
+        EngineError::HandshakeEof => ConnError::Closed("connection closed during the TLS handshake".into()),
+        other => ConnError::Closed(other.to_string()),
+    }
 }
 
 impl Conn {
@@ -61,31 +82,25 @@ impl Conn {
         fd::set_nonblocking(&rfd, true)?;
         fd::set_nonblocking(&wfd, true)?;
         chainmail_sys::net::set_nodelay(&wfd);
-        Ok(Conn { rfd, wfd, tls: None, inbox: Vec::new(), eof: false, timeout })
+        Ok(Conn { rfd, wfd, tls: None, inbox: Vec::new(), eof: false, timeout, poll: PollSet::with_capacity(2) })
     }
 
-    fn wait(&self, read: bool, write: bool, deadline: Deadline) -> Result<(bool, bool), ConnError> {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(2);
+    /// Waits until the socket can be read (`read`) or written (`write`):
+    /// `(readable, writable)`, or a timeout at `deadline`.
+    fn wait(&mut self, read: bool, write: bool, deadline: Deadline) -> Result<(bool, bool), ConnError> {
+        let mut round = self.poll.round();
         if read {
-            fds.push(PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN));
+            round.register(self.rfd.as_fd(), Interest::Read, Direction::In);
         }
         if write {
-            fds.push(PollFd::new(self.wfd.as_fd(), PollFlags::POLLOUT));
+            round.register(self.wfd.as_fd(), Interest::Write, Direction::Out);
         }
-        match poll::wait(&mut fds, deadline) {
-            Ok(0) => Err(ConnError::Timeout),
-            Ok(_) => {
-                let ready = |i: usize| fds.get(i).and_then(PollFd::revents).is_some_and(|r| !r.is_empty());
-                Ok(if read && write {
-                    (ready(0), ready(1))
-                } else if read {
-                    (ready(0), false)
-                } else {
-                    (false, ready(0))
-                })
-            }
-            Err(e) => Err(closed(e)),
+        let ready = round.wait(deadline).map_err(closed)?;
+        if ready.is_empty() {
+            return Err(ConnError::Timeout);
         }
+        let is_ready = |d: Direction| ready.iter().any(|&(t, _)| t == d);
+        Ok((is_ready(Direction::In), is_ready(Direction::Out)))
     }
 
     /// Reads what the socket has now into the inbox (through TLS if it
@@ -111,36 +126,28 @@ impl Conn {
                 }
             }
             Some(tls) => {
-                match tls.read_tls(&mut FdIo(self.rfd.as_fd())) {
-                    Ok(0) => self.eof = true,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(closed(e)),
-                }
-                if let Err(e) = tls.process_new_packets() {
-                    // Send the alert rustls queued, if the socket takes it.
-                    let _ = tls.write_tls(&mut FdIo(self.wfd.as_fd()));
-                    return Err(ConnError::Tls(e));
-                }
-                let mut buf = [0u8; 16 * 1024];
-                loop {
-                    match tls.reader().read(&mut buf) {
-                        Ok(0) => {
-                            self.eof = true;
-                            break;
-                        }
-                        Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        // EOF without close_notify: an ordinary EOF for SMTP,
-                        // whose replies say themselves where they end.
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            self.eof = true;
-                            break;
-                        }
-                        Err(e) => return Err(closed(e)),
+                let wfd = self.wfd.as_fd();
+                let result = (|| {
+                    let mut moved = false;
+                    if tls.wants().app_write {
+                        moved |= matches!(tls.write_app(&mut self.inbox)?, Step::Moved(_));
                     }
+                    if tls.wants().net_read {
+                        moved |= matches!(tls.read_net(&mut FdIo(self.rfd.as_fd()))?, Step::Moved(_) | Step::Closed);
+                    }
+                    if tls.wants().app_write {
+                        tls.write_app(&mut self.inbox)?;
+                    }
+                    Ok(moved)
+                })();
+                if !tls.app_output_open() {
+                    self.eof = true;
                 }
-                Ok(true)
+                result.map_err(|e| {
+                    // Send the alert the engine queued, if the socket takes it.
+                    let _ = tls.write_net(&mut FdIo(wfd));
+                    engine_failed(e)
+                })
             }
         }
     }
@@ -161,17 +168,17 @@ impl Conn {
         }
     }
 
-    /// Writes TLS output pending in rustls, waiting as needed.
+    /// Writes pending TLS output, waiting as needed.
     fn flush_tls(&mut self) -> Result<(), ConnError> {
         loop {
             let Some(tls) = &mut self.tls else { return Ok(()) };
-            if !tls.wants_write() {
+            if !tls.wants().net_write {
                 return Ok(());
             }
-            match tls.write_tls(&mut FdIo(self.wfd.as_fd())) {
+            match tls.write_net(&mut FdIo(self.wfd.as_fd())) {
+                Ok(Step::Blocked) => self.wait_writable()?,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
-                Err(e) => return Err(closed(e)),
+                Err(e) => return Err(engine_failed(e)),
             }
         }
     }
@@ -193,9 +200,16 @@ impl Conn {
         while !data.is_empty() {
             match &mut self.tls {
                 Some(tls) => {
-                    let n = tls.writer().write(data).map_err(closed)?;
+                    let n = tls.send(data).map_err(engine_failed)?;
                     data = &data[n..];
-                    self.flush_tls()?;
+                    if n == 0 {
+                        if !tls.wants().net_write {
+                            // Nothing to drain and nothing taken: never spin.
+                            return Err(ConnError::Closed("the TLS session does not take data".into()));
+                        }
+                        // The output is full: let it drain.
+                        self.flush_tls()?;
+                    }
                 }
                 None => match fd::write(&self.wfd, data) {
                     Ok(n) => data = &data[n..],
@@ -217,33 +231,29 @@ impl Conn {
         name: ServerName<'static>,
         limit: Duration,
     ) -> Result<(), ConnError> {
-        let mut tls = ClientConnection::new(config, name).map_err(ConnError::Tls)?;
-        tls.set_buffer_limit(Some(TLS_BUFFER));
+        let mut tls = ClientEngine::new_client(config, name, POLICY).map_err(ConnError::Tls)?;
         self.inbox.clear();
         let deadline = Deadline::after(limit);
         while tls.is_handshaking() {
-            if tls.wants_write() {
-                match tls.write_tls(&mut FdIo(self.wfd.as_fd())) {
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if tls.wants().net_write {
+                match tls.write_net(&mut FdIo(self.wfd.as_fd())) {
+                    Ok(Step::Blocked) => {
                         self.wait(false, true, deadline)?;
-                        continue;
                     }
-                    Err(e) => return Err(closed(e)),
+                    Ok(_) => {}
+                    Err(e) => return Err(engine_failed(e)),
                 }
+                continue;
             }
-            match tls.read_tls(&mut FdIo(self.rfd.as_fd())) {
-                Ok(0) => return Err(ConnError::Closed("connection closed during the TLS handshake".into())),
-                Ok(_) => {
-                    if let Err(e) = tls.process_new_packets() {
-                        let _ = tls.write_tls(&mut FdIo(self.wfd.as_fd()));
-                        return Err(ConnError::Tls(e));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match tls.read_net(&mut FdIo(self.rfd.as_fd())) {
+                Ok(Step::Blocked) => {
                     self.wait(true, false, deadline)?;
                 }
-                Err(e) => return Err(closed(e)),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tls.write_net(&mut FdIo(self.wfd.as_fd()));
+                    return Err(engine_failed(e));
+                }
             }
         }
         self.tls = Some(Box::new(tls));
@@ -253,8 +263,8 @@ impl Conn {
     /// The negotiated protocol and cipher suite, once TLS runs.
     pub fn tls_summary(&self) -> Option<String> {
         let tls = self.tls.as_ref()?;
-        let proto = tls.protocol_version().and_then(chainmail_tls::protocol_name).unwrap_or("TLS");
-        let suite = tls.negotiated_cipher_suite().map(|s| chainmail_tls::cipher_suite_name(s.suite()));
+        let proto = tls.connection().protocol_version().and_then(chainmail_tls::protocol_name).unwrap_or("TLS");
+        let suite = tls.connection().negotiated_cipher_suite().map(|s| chainmail_tls::cipher_suite_name(s.suite()));
         Some(format!("{proto} {}", suite.unwrap_or_default()))
     }
 
@@ -268,7 +278,7 @@ impl Conn {
             let _ = self.write_all(last);
         }
         if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
+            let _ = tls.close_app_input();
         }
         let _ = self.flush_tls();
         let _ = chainmail_sys::net::shutdown_write(&self.wfd);

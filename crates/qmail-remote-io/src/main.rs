@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chainmail_qmail::address::{encode_recipient, encode_sender};
-use chainmail_qmail::remote_io::{self, TlsMode};
+use chainmail_qmail::remote_io;
 use chainmail_qmail::report::fmt_ip;
 use chainmail_qmail::{Disposition, Final, RemoteText, Report};
 use chainmail_smtp::client::{Attempt, AttemptEnd, Client, MessageResult, RcptResult, Skip, Status, TlsWish};
 use chainmail_smtp::data::{DataEncoder, MessageFacts};
 use chainmail_smtp::reply::Reply;
 use chainmail_sys::{cli, fd};
-use chainmail_tls::client::{Anchors, ClientSettings, ServerAuth, client_config, server_name};
+use chainmail_tls::TlsPolicy;
+use chainmail_tls::client::server_name;
 
 use crate::conn::{Conn, ConnError};
 
@@ -36,9 +37,8 @@ struct Options {
     timeout: Duration,
     handshake: Duration,
     helo: String,
-    mode: TlsMode,
+    policy: TlsPolicy,
     name: Option<String>,
-    anchors: Option<Anchors>,
     identity: Option<(PathBuf, PathBuf)>,
     size: Option<u64>,
     eight_bit: bool,
@@ -56,8 +56,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
     let mut timeout = Duration::from_secs(1200);
     let mut handshake = Duration::from_secs(60);
     let mut helo = String::from("localhost");
-    let mut mode = TlsMode::Off;
-    let (mut name, mut anchors, mut cert, mut key, mut size) = (None, None, None, None, None);
+    let mut policy = TlsPolicy::Off;
+    let (mut name, mut cert, mut key, mut size) = (None, None, None, None);
     let mut eight_bit = false;
     let (mut fdr, mut fdw) = (6, 7);
     let mut rest: Vec<OsString> = Vec::new();
@@ -71,21 +71,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
             Short('t') => timeout = secs(p.value().map_err(bad)?, "timeout")?,
             Short('K') => handshake = secs(p.value().map_err(bad)?, "handshake timeout")?,
             Short('h') => helo = p.value().map_err(bad)?.string().map_err(bad)?,
-            Short('s') => {
-                let v = p.value().map_err(bad)?.string().map_err(bad)?;
-                mode = TlsMode::parse(&v).ok_or_else(|| format!("unknown TLS mode {v:?}"))?;
-            }
+            Short('s') => policy = TlsPolicy::parse(&p.value().map_err(bad)?).map_err(|e| e.to_string())?,
             Short('n') => name = Some(p.value().map_err(bad)?.string().map_err(bad)?),
-            Short('T') => {
-                let v = p.value().map_err(bad)?;
-                anchors = Some(if v == chainmail_qmail::control::BUILTIN_TRUST_ANCHORS {
-                    Anchors::BuiltIn
-                } else if v.as_bytes().ends_with(b"/") || std::path::Path::new(&v).is_dir() {
-                    Anchors::Dir(PathBuf::from(v))
-                } else {
-                    Anchors::File(PathBuf::from(v))
-                });
-            }
             Short('c') => cert = Some(PathBuf::from(p.value().map_err(bad)?)),
             Short('k') => key = Some(PathBuf::from(p.value().map_err(bad)?)),
             Short('z') => size = Some(p.value().map_err(bad)?.parse().map_err(bad)?),
@@ -109,17 +96,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Options, Strin
         (None, Some(_)) => return Err("-k needs -c".into()),
         (None, None) => None,
     };
-    if mode == TlsMode::Verify && anchors.is_none() {
-        return Err("-s verify needs -T".into());
-    }
     let sender = rest[1].clone();
     Ok(Options {
         timeout,
         handshake,
         helo,
-        mode,
+        policy,
         name,
-        anchors,
         identity,
         size,
         eight_bit,
@@ -329,10 +312,10 @@ fn run(o: &Options) -> Ending {
         recipients: paths.iter().map(|p| p.as_bytes().to_vec()).collect(),
         facts,
         needs_smtputf8,
-        tls: match o.mode {
-            TlsMode::Off => TlsWish::Off,
-            TlsMode::Try => TlsWish::Try,
-            TlsMode::Require | TlsMode::Verify => TlsWish::Require,
+        tls: match &o.policy {
+            TlsPolicy::Off => TlsWish::Off,
+            TlsPolicy::Opportunistic => TlsWish::Try,
+            _ => TlsWish::Require,
         },
     };
     let mut client = Client::new(attempt);
@@ -354,15 +337,15 @@ fn run(o: &Options) -> Ending {
                 }
             }
             Status::StartTls => {
-                let settings = ClientSettings {
-                    server_auth: match (&o.mode, &o.anchors) {
-                        (TlsMode::Verify, Some(a)) => ServerAuth::Verified(a.clone()),
-                        _ => ServerAuth::Opportunistic,
-                    },
-                    identity: o.identity.clone(),
-                };
-                let config = match client_config(&settings) {
-                    Ok(c) => c,
+                let identity = o.identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+                let config = match o.policy.client_config(identity) {
+                    Ok(Some(c)) => c,
+                    // The client asks for STARTTLS only under a policy
+                    // that tries it; were it not so, TLS would just fail.
+                    Ok(None) => {
+                        client.tls_done(false);
+                        continue;
+                    }
                     Err(e) => {
                         let f = temporary(format!("Unable to set up TLS: {e}. (#4.3.0)\n"));
                         conn.close(b"QUIT\r\n", Duration::from_secs(5));
@@ -454,9 +437,7 @@ mod tests {
     fn options() {
         let o = parse_args(args(&[
             "-s",
-            "verify",
-            "-T",
-            "builtin",
+            "verify:builtin",
             "-n",
             "mx.test",
             "-6",
@@ -470,8 +451,10 @@ mod tests {
             "e@f",
         ]))
         .expect("ok");
-        assert_eq!((o.mode, o.fdr, o.fdw), (TlsMode::Verify, 3, 4));
-        assert_eq!(o.anchors, Some(Anchors::BuiltIn));
+        assert_eq!(
+            (&o.policy, o.fdr, o.fdw),
+            (&TlsPolicy::RequireVerified(chainmail_tls::TrustAnchors::BuiltIn), 3, 4)
+        );
         assert_eq!(o.recipients.len(), 2);
         assert!(parse_args(args(&["-s", "verify", "192.0.2.1", "a@b", "c@d"])).is_err());
         assert!(parse_args(args(&["192.0.2.1", "a@b"])).is_err());

@@ -7,11 +7,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use chainmail_qmail::control::{Control, TrustAnchors};
-use chainmail_qmail::remote_io::{self, TlsMode};
+use chainmail_qmail::control::Control;
+use chainmail_qmail::remote_io;
 use chainmail_qmail::report::parse_records;
 use chainmail_smtp::data::MessageFacts;
 use chainmail_sys::fd;
+use chainmail_tls::TlsPolicy;
 
 use crate::plan::Target;
 
@@ -94,25 +95,16 @@ fn well_formed(out: &[u8], recipients: usize) -> bool {
 }
 
 /// Runs qmail-remote-io on `sock` (which it takes over).
-pub fn run(job: &Job<'_>, target: &Target, mode: TlsMode, sock: OwnedFd) -> Attempted {
+pub fn run(job: &Job<'_>, target: &Target, policy: &TlsPolicy, sock: OwnedFd) -> Attempted {
     let c = job.control;
     let mut cmd = Command::new(job.program);
     let n = sock.as_raw_fd().to_string();
     cmd.arg("-t").arg(c.timeout_remote.as_secs().to_string());
     cmd.arg("-K").arg(c.timeout_connect.as_secs().to_string());
     cmd.arg("-h").arg(&c.helohost);
-    cmd.arg("-s").arg(mode.as_str());
+    cmd.arg("-s").arg(policy.encode());
     if let Some(name) = &target.name {
         cmd.arg("-n").arg(name);
-    }
-    match &c.trust_anchors {
-        TrustAnchors::None => {}
-        TrustAnchors::BuiltIn => {
-            cmd.arg("-T").arg(chainmail_qmail::control::BUILTIN_TRUST_ANCHORS);
-        }
-        TrustAnchors::File(p) | TrustAnchors::Dir(p) => {
-            cmd.arg("-T").arg(p);
-        }
     }
     if let Some(id) = &c.client_identity {
         cmd.arg("-c").arg(&id.cert).arg("-k").arg(&id.key);

@@ -5,8 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use chainmail_sys::poll::{self, Deadline};
-use nix::poll::{PollFd, PollFlags};
+use chainmail_sys::poll::{self, Deadline, Interest};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, getsockopt, socket, sockopt};
 
 /// Why a connection failed.
@@ -48,10 +47,9 @@ pub fn connect_within(ip: IpAddr, port: u16, limit: Duration) -> Result<OwnedFd,
         Err(e) => return Err(failed(e)),
     }
     let deadline = Deadline::after(limit);
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLOUT)];
-    match poll::wait(&mut fds, deadline) {
-        Ok(0) => return Err(ConnectError::TimedOut),
-        Ok(_) => {}
+    match poll::wait_one(sock.as_fd(), Interest::Write, deadline) {
+        Ok(None) => return Err(ConnectError::TimedOut),
+        Ok(Some(_)) => {}
         Err(e) => return Err(ConnectError::Failed(e)),
     }
     match getsockopt(&sock, sockopt::SocketError) {

@@ -20,11 +20,11 @@ use std::process::ExitCode;
 
 use chainmail_dns::Cut;
 use chainmail_qmail::address::{encode_recipient, encode_sender};
-use chainmail_qmail::control::{Control, TlsStrictness, TrustAnchors};
-use chainmail_qmail::remote_io::TlsMode;
+use chainmail_qmail::control::Control;
 use chainmail_qmail::tcpto::{Tcpto, unix_now};
 use chainmail_qmail::{Disposition, Final, Report};
 use chainmail_smtp::data::MessageFacts;
+use chainmail_tls::TlsPolicy;
 
 use crate::attempt::{Attempted, Job};
 use crate::connect::{ConnectError, connect_within};
@@ -68,24 +68,10 @@ fn scan_message() -> Result<MessageFacts, Final> {
     chainmail_qmail::message::facts(std::io::stdin().as_fd())
 }
 
-/// The TLS modes of the passes over the addresses, from
+/// The TLS policies of the passes over the addresses, from
 /// `control/tlsstrictness` and `control/trustanchors`.
-fn passes(control: &Control) -> Result<Vec<TlsMode>, Final> {
-    if control.trust_anchors == TrustAnchors::None {
-        if control.tls_strictness == TlsStrictness::Required {
-            // Never fall back to plaintext because a file is missing.
-            return Err(Final::custom(
-                Disposition::Deferred,
-                b"control/tlsstrictness asks for verified TLS but control/trustanchors is empty. (#4.3.0)\n",
-            ));
-        }
-        return Ok(vec![TlsMode::Off]);
-    }
-    Ok(match control.tls_strictness {
-        TlsStrictness::Opportunistic => vec![TlsMode::Try],
-        TlsStrictness::Preferred => vec![TlsMode::Require, TlsMode::Off],
-        TlsStrictness::Required => vec![TlsMode::Verify],
-    })
+fn passes(control: &Control) -> Result<Vec<TlsPolicy>, Final> {
+    control.tls_passes().map_err(|e| Final::custom(Disposition::Deferred, format!("{e}. (#4.3.0)\n").as_bytes()))
 }
 
 /// The most connections one delivery opens (refused and timed-out ones
@@ -113,14 +99,14 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
     let mut without_tls: Vec<&Target> = Vec::new();
     let mut attempts = 0usize;
     let mut not_tried = 0usize;
-    for (pass, &mode) in passes.iter().enumerate() {
+    for (pass, policy) in passes.iter().enumerate() {
         let list: Vec<&Target> = if pass == 0 { targets.iter().collect() } else { std::mem::take(&mut without_tls) };
         for target in list {
             if pass == 0 && tcpto.should_skip(target.ip, unix_now(), pid).unwrap_or(false) {
                 notes.push(format!("{}: skipped, it timed out recently", describe(target)));
                 continue;
             }
-            let mut mode = mode;
+            let mut policy = policy.clone();
             // At most two dialogues per address: a failed opportunistic
             // handshake is retried once in plaintext.
             for _ in 0..2 {
@@ -140,7 +126,7 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
                         break;
                     }
                 };
-                match attempt::run(job, target, mode, sock) {
+                match attempt::run(job, target, &policy, sock) {
                     Attempted::Final(out) => return out,
                     Attempted::Next(why) => notes.push(why),
                     Attempted::NoStartTls(why) => {
@@ -149,10 +135,10 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
                     }
                     Attempted::TlsFailed(why) => {
                         notes.push(why);
-                        if mode == TlsMode::Try {
+                        if policy == TlsPolicy::Opportunistic {
                             // tlsstrictness 0: a failed handshake falls back
                             // to plaintext, not to a deferral.
-                            mode = TlsMode::Off;
+                            policy = TlsPolicy::Off;
                             continue;
                         }
                         without_tls.push(target);
@@ -163,7 +149,7 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
         }
     }
     let mut text = String::from("Sorry, I wasn't able to establish an SMTP connection. (#4.4.1)\n");
-    if passes == [TlsMode::Verify] && !notes.is_empty() {
+    if matches!(passes.as_slice(), [TlsPolicy::RequireVerified(_)]) && !notes.is_empty() {
         text.push_str("(tlsstrictness 2: only servers with verified TLS are used)\n");
     }
     for n in notes.iter().take(12) {

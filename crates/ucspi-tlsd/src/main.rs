@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use chainmail_sys::cli::{self, SysError, sys};
 use chainmail_sys::process::{self, EnvChanges, Forked, PrivError, TlsIds};
 use chainmail_sys::{Deadline, diag, fd, net};
-use chainmail_tls::{ConfigError, ConnectionInfo, Engine, EngineError, TlsEnv};
+use chainmail_tls::{ConfigError, ConnectionInfo, EngineError, ServerEngine, TlsEnv};
 use chainmail_ucspi_tls::control::{self, Command, ControlError, EngineControl};
 use chainmail_ucspi_tls::env;
 use thiserror::Error;
@@ -177,7 +177,7 @@ fn engine(
     net::set_nodelay(&net_w);
 
     let control_command = control.command();
-    let mut engine = Engine::new(server_config, config.policy).map_err(Error::Setup)?;
+    let mut engine = ServerEngine::new(server_config, config.policy).map_err(Error::Setup)?;
     let mut session = Session::new(net_r, net_w, app_r, app_w);
     let deadline = Deadline::after_millis_or_never(config.handshake_timeout_ms);
     if let Err(e) = session.handshake(&mut engine, deadline) {
@@ -191,7 +191,7 @@ fn engine(
 
     session.ack_now();
 
-    let info = ConnectionInfo::of(engine.connection());
+    let info = ConnectionInfo::of(&engine);
     if config.verbosity >= 2 {
         let protocol = info.protocol.and_then(chainmail_tls::protocol_name).unwrap_or("?");
         let cipher = info.cipher.map(chainmail_tls::cipher_suite_name).unwrap_or_default();

@@ -1,14 +1,14 @@
-//! The poll loop that drives a [`chainmail_tls::Engine`] over the real
+//! The poll loop that drives a [`chainmail_tls::ServerEngine`] over the real
 //! descriptors: the network on 0/1, the application's two pipes.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use chainmail_sys::Deadline;
 use chainmail_sys::fd::{self, FdIo, Kind};
-use chainmail_sys::{net, poll};
-use chainmail_tls::{Engine, EngineError, Step};
-use nix::poll::{PollFd, PollFlags};
+use chainmail_sys::net;
+use chainmail_sys::poll::{Interest, PollSet};
+use chainmail_tls::{EngineError, ServerEngine, Step};
 
 /// How long what the application sent before its EOF may take to leave.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,8 +46,11 @@ pub struct Session {
     /// The application's side is not touched: during the handshake and
     /// until a possible handover has settled which descriptors it is.
     app_paused: bool,
+    /// The poll set, reused by every wait.
+    poll: PollSet<Slot>,
 }
 
+/// What a descriptor of the session's poll set stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     NetR,
@@ -73,6 +76,7 @@ impl Session {
             app_readable: true,
             app_writable: true,
             app_paused: true,
+            poll: PollSet::with_capacity(4),
         }
     }
 
@@ -80,10 +84,10 @@ impl Session {
     /// waiting, then flushes pending TLS output with one write. The rounds
     /// are bounded so that a client streaming at full speed cannot delay
     /// the flush (and the replies in it) indefinitely.
-    pub fn pump(&mut self, engine: &mut Engine) -> Result<(), EngineError> {
+    pub fn pump(&mut self, engine: &mut ServerEngine) -> Result<(), EngineError> {
         for _ in 0..MAX_ROUNDS {
             let mut moved = false;
-            if engine.wants().net_read && (self.net_readable || engine.has_buffered_net()) {
+            if engine.wants().net_read && self.net_readable {
                 match engine.read_net(&mut FdIo(self.net_r.as_fd()))? {
                     Step::Blocked => self.net_readable = false,
                     Step::Moved(n) => moved |= n > 0,
@@ -123,7 +127,7 @@ impl Session {
     }
 
     /// Closes what the engine is done with.
-    fn settle(&mut self, engine: &mut Engine) {
+    fn settle(&mut self, engine: &mut ServerEngine) {
         if self.app_w.is_some() && !engine.app_output_open() {
             self.app_w = None; // the application reads EOF
         }
@@ -148,64 +152,37 @@ impl Session {
     }
 
     /// Waits until a descriptor the engine wants is ready, or `deadline`.
-    pub fn wait(&mut self, engine: &mut Engine, deadline: Deadline) -> std::io::Result<Waited> {
+    pub fn wait(&mut self, engine: &mut ServerEngine, deadline: Deadline) -> std::io::Result<Waited> {
         let w = engine.wants();
-        let placeholder = self.net_r.as_fd();
-        let mut pfds: [PollFd<'_>; 4] = std::array::from_fn(|_| PollFd::new(placeholder, PollFlags::empty()));
-        let mut slots = [Slot::NetR; 4];
-        let mut n = 0;
-        fn add<'a>(
-            pfds: &mut [PollFd<'a>; 4],
-            slots: &mut [Slot; 4],
-            n: &mut usize,
-            fd: BorrowedFd<'a>,
-            ev: PollFlags,
-            slot: Slot,
-        ) {
-            pfds[*n] = PollFd::new(fd, ev);
-            slots[*n] = slot;
-            *n += 1;
-        }
-        let (net_r, net_w, app_r, app_w) = (&self.net_r, &self.net_w, &self.app_r, &self.app_w);
+        let mut round = self.poll.round();
         if w.net_read {
-            add(&mut pfds, &mut slots, &mut n, net_r.as_fd(), PollFlags::POLLIN, Slot::NetR);
+            round.register(self.net_r.as_fd(), Interest::Read, Slot::NetR);
         }
-        if let (true, Some(fd)) = (w.net_write, net_w) {
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLOUT, Slot::NetW);
+        if let (true, Some(fd)) = (w.net_write, &self.net_w) {
+            round.register(fd.as_fd(), Interest::Write, Slot::NetW);
         }
-        let paused = self.app_paused;
-        if let (true, false, Some(fd)) = (w.app_read, paused, app_r) {
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), PollFlags::POLLIN, Slot::AppR);
+        if let (true, false, Some(fd)) = (w.app_read, self.app_paused, &self.app_r) {
+            round.register(fd.as_fd(), Interest::Read, Slot::AppR);
         }
-        if let (false, Some(fd)) = (paused, app_w) {
-            // Without interest, POLLERR still says the reader went away.
-            let ev = if w.app_write { PollFlags::POLLOUT } else { PollFlags::empty() };
-            add(&mut pfds, &mut slots, &mut n, fd.as_fd(), ev, Slot::AppW);
+        if let (false, Some(fd)) = (self.app_paused, &self.app_w) {
+            // Without interest in writing, the wait still says when the
+            // reader went away.
+            let interest = if w.app_write { Interest::Write } else { Interest::HangUp };
+            round.register(fd.as_fd(), interest, Slot::AppW);
         }
-        let count = n;
-        if count == 0 && deadline == Deadline::NEVER {
-            return Ok(Waited::TimedOut);
-        }
-        if poll::wait(&mut pfds[..count], deadline)? == 0 {
+        let ready = round.wait(deadline)?;
+        if ready.is_empty() {
             return Ok(Waited::TimedOut);
         }
         let mut app_lost = false;
-        for (p, slot) in pfds[..count].iter().zip(slots) {
-            let Some(r) = p.revents() else { continue };
-            if r.is_empty() {
-                continue;
-            }
+        for &(slot, r) in ready {
             match slot {
                 Slot::NetR => self.net_readable = true,
                 Slot::NetW => self.net_writable = true,
                 Slot::AppR => self.app_readable = true,
                 Slot::AppW => {
-                    if r.contains(PollFlags::POLLOUT) {
-                        self.app_writable = true;
-                    }
-                    if r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
-                        app_lost = true;
-                    }
+                    self.app_writable |= r.writable;
+                    app_lost |= r.hang_up || r.error;
                 }
             }
         }
@@ -217,7 +194,7 @@ impl Session {
     }
 
     /// Runs the handshake until it completes, fails, or `deadline`.
-    pub fn handshake(&mut self, engine: &mut Engine, deadline: Deadline) -> Result<(), HandshakeError> {
+    pub fn handshake(&mut self, engine: &mut ServerEngine, deadline: Deadline) -> Result<(), HandshakeError> {
         loop {
             self.pump(engine).map_err(HandshakeError::Engine)?;
             if !engine.is_handshaking() {
@@ -261,10 +238,11 @@ impl Session {
     /// Relays until the session is over, or until nothing happened on any
     /// descriptor for `idle` (`RelayError::Idle`).
     ///
-    /// A session idle for [`TRIM_AFTER`] gives its code pages back
-    /// (`release_clean_file_pages`), once per idle period: an idle
-    /// engine then costs its data, not the code its handshake ran.
-    pub fn relay(&mut self, engine: &mut Engine, idle: Option<Duration>) -> Result<(), RelayError> {
+    /// A session idle for [`TRIM_AFTER`] gives its empty buffers and its
+    /// code pages back (`Engine::trim`, `release_clean_file_pages`), once
+    /// per idle period: an idle engine then costs its data, not the code
+    /// its handshake ran.
+    pub fn relay(&mut self, engine: &mut ServerEngine, idle: Option<Duration>) -> Result<(), RelayError> {
         let mut flush_deadline = Deadline::NEVER;
         let idle_deadline = || idle.map_or(Deadline::NEVER, Deadline::after);
         let mut quiet_until = idle_deadline();
@@ -285,6 +263,7 @@ impl Session {
                 Waited::TimedOut if flush_deadline.expired() => return Err(RelayError::FlushTimeout),
                 Waited::TimedOut if quiet_until.expired() => return Err(RelayError::Idle),
                 Waited::TimedOut if trim_at.expired() => {
+                    engine.trim();
                     let _ = chainmail_sys::process::release_clean_file_pages();
                     trim_at = Deadline::NEVER;
                 }
@@ -296,7 +275,7 @@ impl Session {
 
     /// After a failure: sends what rustls queued (the alert), once, and
     /// shuts the network's write side.
-    pub fn abort(&mut self, engine: &mut Engine) {
+    pub fn abort(&mut self, engine: &mut ServerEngine) {
         if let Some(w) = &self.net_w {
             let _ = engine.write_net(&mut FdIo(w.as_fd()));
         }

@@ -16,9 +16,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chainmail_tls::rustls;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use chainmail_tls::verify::AnyServerCertificate;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ucspi-tlsd");
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,47 +147,6 @@ fn certs() -> &'static Certs {
 // ---------------------------------------------------------------------
 // The client side.
 
-/// Accepts any server certificate (checking its signatures) and keeps
-/// the leaf, so that tests can check which one the server chose.
-#[derive(Debug)]
-struct Recorder {
-    leaf: std::sync::Mutex<Option<Vec<u8>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.leaf.lock().expect("lock") = Some(end_entity.as_ref().to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 struct ClientOpts<'a> {
     /// SNI; `None` connects to 127.0.0.1, which sends no SNI.
     sni: Option<&'a str>,
@@ -198,17 +157,19 @@ struct ClientOpts<'a> {
 
 const CLIENT: ClientOpts<'static> = ClientOpts { sni: Some("mail.test"), cert: None, tls12_only: false };
 
-fn client_conn(opts: &ClientOpts<'_>) -> (ClientConnection, Arc<Recorder>) {
+/// A client that accepts any server certificate (checking the handshake
+/// signatures), so that tests can look at the one the server chose.
+fn client_conn(opts: &ClientOpts<'_>) -> ClientConnection {
     let c = certs();
     let provider = Arc::new(chainmail_tls::provider());
-    let recorder = Arc::new(Recorder { leaf: std::sync::Mutex::new(None), provider: provider.clone() });
+    let verifier = AnyServerCertificate::new(&provider);
     let versions: &[&rustls::SupportedProtocolVersion] =
         if opts.tls12_only { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .expect("versions")
         .dangerous()
-        .with_custom_certificate_verifier(recorder.clone());
+        .with_custom_certificate_verifier(verifier);
     let config = match opts.cert {
         Some(name) => {
             let chain = chainmail_tls::keys::load_certificates("cert", Path::new(&c.path(&format!("{name}.pem"))))
@@ -223,7 +184,7 @@ fn client_conn(opts: &ClientOpts<'_>) -> (ClientConnection, Arc<Recorder>) {
         Some(s) => ServerName::try_from(s.to_owned()).expect("name"),
         None => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
     };
-    (ClientConnection::new(Arc::new(config), name).expect("client"), recorder)
+    ClientConnection::new(Arc::new(config), name).expect("client")
 }
 
 // ---------------------------------------------------------------------
@@ -334,18 +295,17 @@ impl Drop for Run {
 /// sends first, then echo.
 struct Tls {
     stream: StreamOwned<ClientConnection, UnixStream>,
-    recorder: Arc<Recorder>,
     buf: Vec<u8>,
 }
 
 impl Tls {
     fn connect(net: UnixStream, opts: &ClientOpts<'_>) -> Result<Tls, io::Error> {
-        let (conn, recorder) = client_conn(opts);
+        let conn = client_conn(opts);
         let mut stream = StreamOwned::new(conn, net);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
-        Ok(Tls { stream, recorder, buf: Vec::new() })
+        Ok(Tls { stream, buf: Vec::new() })
     }
 
     fn line(&mut self) -> String {
@@ -375,7 +335,8 @@ impl Tls {
     }
 
     fn leaf(&self) -> Vec<u8> {
-        self.recorder.leaf.lock().expect("lock").clone().expect("server certificate")
+        let chain = self.stream.conn.peer_certificates().expect("server certificate");
+        chain[0].as_ref().to_vec()
     }
 
     fn echo(&mut self, data: &[u8]) {

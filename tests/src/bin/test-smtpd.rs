@@ -57,8 +57,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chainmail_sys::poll::{self, Interest};
 use chainmail_sys::{Deadline, cli, diag};
-use nix::poll::{PollFd, PollFlags};
 
 const BUF_SIZE: usize = 64 * 1024;
 const IDLE: Duration = Duration::from_secs(60);
@@ -159,8 +159,7 @@ impl Input {
         if self.end == self.buf.len() {
             return Err(io::Error::other("input buffer full"));
         }
-        let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
-        if chainmail_sys::poll::wait(&mut fds, Deadline::after(IDLE))? == 0 {
+        if poll::wait_one(self.file.as_fd(), Interest::Read, Deadline::after(IDLE))?.is_none() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
         }
         let n = loop {

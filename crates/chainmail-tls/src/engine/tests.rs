@@ -101,7 +101,7 @@ const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &r
 /// The whole setup: a client, the engine, and the four pipes.
 struct Rig {
     client: ClientConnection,
-    engine: Engine,
+    engine: ServerEngine,
     c2s: Pipe,
     s2c: Pipe,
     /// Application to engine.
@@ -124,7 +124,7 @@ impl Rig {
     fn with_client(chunk: usize, policy: Policy, client: ClientConnection) -> Rig {
         Rig {
             client,
-            engine: Engine::new(server_config(), policy).expect("engine"),
+            engine: ServerEngine::new(server_config(), policy).expect("engine"),
             c2s: Pipe::new(chunk),
             s2c: Pipe::new(chunk),
             app_in: Pipe::new(chunk),
@@ -259,7 +259,7 @@ fn handshake_and_data_both_ways_in_every_chunk_size() {
         assert_eq!(rig.got, down, "chunk {chunk}");
         assert!(rig.engine_error.is_none());
         assert!(!rig.engine.is_finished());
-        let info = crate::ConnectionInfo::of(rig.engine.connection());
+        let info = crate::ConnectionInfo::of(&rig.engine);
         assert_eq!(info.protocol, Some(rustls::ProtocolVersion::TLSv1_3));
         assert_eq!(info.server_name, Some("mail.test"));
         assert!(info.peer_certificate.is_none());
@@ -292,7 +292,7 @@ fn tls12_handshake_and_data() {
         rig.settle();
         assert_eq!(rig.app_out.data.make_contiguous(), b"EHLO x\r\n");
         assert_eq!(rig.got, b"250 ok\r\n");
-        let info = crate::ConnectionInfo::of(rig.engine.connection());
+        let info = crate::ConnectionInfo::of(&rig.engine);
         assert_eq!(info.protocol, Some(rustls::ProtocolVersion::TLSv1_2));
         assert_eq!(
             info.cipher.map(crate::cipher_suite_name).as_deref(),
@@ -472,7 +472,8 @@ fn backpressure_bounds_memory() {
         rig.settle();
     }
     assert_eq!(rig.app_out.data.len(), 1000);
-    assert!(rig.engine.in_pending <= PLAINTEXT_INPUT_LIMIT + 16 * 1024 + 256, "{}", rig.engine.in_pending);
+    let held = rig.engine.plain.len() + rig.engine.net_in.len();
+    assert!(held <= PLAINTEXT_INPUT_LIMIT + NET_CHUNK, "{held}");
     assert!(!rig.engine.wants().net_read);
     assert_eq!(sent, up.len());
     assert!(rig.c2s.data.len() > (1 << 20) - 64 * 1024, "the engine stopped reading: {}", rig.c2s.data.len());
@@ -551,15 +552,225 @@ fn buffers_grow_for_bulk_only() {
     rig.client_send(b"EHLO x\r\n");
     rig.app_in.data.extend(b"250 ok\r\n");
     rig.settle();
-    assert_eq!(rig.engine.net_buf.len(), SMALL_CHUNK);
-    assert_eq!(rig.engine.buf.len(), SMALL_CHUNK);
+    assert_eq!(rig.engine.net_in.data.len(), SMALL_CHUNK);
+    assert_eq!(rig.engine.app_in.data.len(), SMALL_CHUNK);
     rig.c2s.chunk = 1 << 20;
     rig.app_in.chunk = 1 << 20;
     rig.client_send(&pattern(60_000, 8));
     rig.app_in.data.extend(pattern(60_000, 9));
     rig.settle();
-    assert_eq!(rig.engine.net_buf.len(), NET_CHUNK);
-    assert_eq!(rig.engine.buf.len(), APP_CHUNK);
+    let net = rig.engine.net_in.data.len();
+    assert!((NET_CHUNK..=NET_CHUNK + MAX_RECORD).contains(&net), "{net}");
+    assert_eq!(rig.engine.app_in.data.len(), APP_CHUNK);
     assert_eq!(rig.app_out.data.len(), 60_008);
     assert_eq!(rig.got.len(), 60_008);
+}
+
+/// One engine with its four pipes, stepped as a poll loop would.
+struct Peer<S: Side> {
+    engine: Engine<S>,
+    /// Application to engine.
+    app_in: Pipe,
+    /// Engine to application.
+    app_out: Pipe,
+    error: Option<EngineError>,
+}
+
+impl<S: Side> Peer<S> {
+    fn new(engine: Engine<S>, chunk: usize) -> Peer<S> {
+        // The network is cut in small chunks; the applications write in
+        // larger ones (one byte per record would only test patience).
+        Peer { engine, app_in: Pipe::new(chunk * 256), app_out: Pipe::new(chunk), error: None }
+    }
+
+    /// One round against the network pipes `rx` (from the peer) and `tx`
+    /// (to it). Returns whether anything happened.
+    fn round(&mut self, rx: &mut Pipe, tx: &mut Pipe) -> bool {
+        if self.error.is_some() || self.engine.is_finished() {
+            return false;
+        }
+        let engine = &mut self.engine;
+        let (app_in, app_out) = (&mut self.app_in, &mut self.app_out);
+        let result = (|| -> Result<bool, EngineError> {
+            let mut moved = false;
+            if engine.wants().net_read {
+                moved |= matches!(engine.read_net(&mut Src(rx))?, Step::Moved(_) | Step::Closed);
+            }
+            if engine.wants().app_write {
+                moved |= matches!(engine.write_app(&mut Sink(app_out))?, Step::Moved(_) | Step::Closed);
+            }
+            if engine.wants().app_read {
+                moved |= matches!(engine.read_app(&mut Src(app_in))?, Step::Moved(_) | Step::Closed);
+            }
+            if engine.wants().net_write {
+                moved |= matches!(engine.write_net(&mut Sink(tx))?, Step::Moved(n) if n > 0);
+            }
+            if engine.wants_net_shutdown() {
+                tx.eof = true;
+                engine.net_shutdown_done();
+                moved = true;
+            }
+            if !engine.app_output_open() && !app_out.eof {
+                app_out.eof = true;
+                moved = true;
+            }
+            Ok(moved)
+        })();
+        match result {
+            Ok(moved) => moved,
+            Err(e) => {
+                let _ = self.engine.write_net(&mut Sink(tx));
+                self.error = Some(e);
+                true
+            }
+        }
+    }
+}
+
+/// A client engine and a server engine connected in memory.
+struct Pair {
+    client: Peer<rustls::client::UnbufferedClientConnection>,
+    server: Peer<rustls::server::UnbufferedServerConnection>,
+    c2s: Pipe,
+    s2c: Pipe,
+}
+
+impl Pair {
+    fn new(chunk: usize, client_config: Arc<ClientConfig>, server_config: Arc<rustls::ServerConfig>) -> Pair {
+        let name = ServerName::try_from("mail.test").expect("name");
+        let client_policy = Policy { close_notify_on_app_eof: true, require_close_notify: false };
+        Pair {
+            client: Peer::new(ClientEngine::new_client(client_config, name, client_policy).expect("client"), chunk),
+            server: Peer::new(ServerEngine::new(server_config, Policy::default()).expect("server"), chunk),
+            c2s: Pipe::new(chunk),
+            s2c: Pipe::new(chunk),
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..1_000_000 {
+            let c = self.client.round(&mut self.s2c, &mut self.c2s);
+            let s = self.server.round(&mut self.c2s, &mut self.s2c);
+            if !c && !s {
+                return;
+            }
+        }
+        panic!(
+            "no quiescence: {:?} {:?} {:?} {:?}",
+            self.client.engine, self.server.engine, self.client.error, self.server.error
+        );
+    }
+}
+
+fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(keys::parse_certificates(include_bytes!("../../testdata/ca.pem")).expect("ca"));
+    let config = ClientConfig::builder_with_provider(Arc::new(crate::provider()))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The client core against the server core, fed in every chunk size:
+/// handshake, bulk both ways, and the SMTP ending (the server half-closes
+/// after its last reply, the client sends close_notify).
+#[test]
+fn client_engine_against_server_engine_in_every_chunk_size() {
+    for versions in [BOTH, &[&rustls::version::TLS12][..]] {
+        for chunk in 1..=64 {
+            let mut pair = Pair::new(chunk, client_config(versions), server_config());
+            pair.settle();
+            assert!(!pair.client.engine.is_handshaking() && !pair.server.engine.is_handshaking(), "chunk {chunk}");
+            let up = pattern(40_000 + chunk, 10);
+            let down = pattern(30_000 + chunk, 11);
+            pair.client.app_in.data.extend(&up);
+            pair.server.app_in.data.extend(&down);
+            pair.settle();
+            assert!(pair.server.app_out.data.iter().eq(up.iter()), "chunk {chunk}");
+            assert!(pair.client.app_out.data.iter().eq(down.iter()), "chunk {chunk}");
+            // The server's last reply, and its half-close (-s).
+            pair.server.app_in.data.extend(b"221 bye\r\n");
+            pair.server.app_in.eof = true;
+            pair.settle();
+            assert!(pair.client.app_out.data.iter().copied().eq(down.iter().copied().chain(*b"221 bye\r\n")));
+            assert!(pair.client.app_out.eof, "chunk {chunk}: the client application sees EOF");
+            // The client is done: close_notify.
+            pair.client.app_in.eof = true;
+            pair.settle();
+            assert!(pair.server.engine.peer_sent_close_notify(), "chunk {chunk}");
+            assert!(pair.server.app_out.eof);
+            assert!(pair.server.engine.is_finished(), "chunk {chunk}: {:?}", pair.server.engine);
+            assert!(pair.client.engine.is_finished(), "chunk {chunk}: {:?}", pair.client.engine);
+            assert!(pair.client.error.is_none() && pair.server.error.is_none());
+        }
+    }
+}
+
+/// A client that does not trust the server's certificate fails the
+/// handshake, and its alert reaches the server.
+#[test]
+fn client_engine_refuses_an_untrusted_server_and_sends_its_alert() {
+    for chunk in [1, 9, 64] {
+        let untrusting = ClientConfig::builder_with_provider(Arc::new(crate::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() })
+            .with_no_client_auth();
+        let mut pair = Pair::new(chunk, Arc::new(untrusting), server_config());
+        pair.settle();
+        assert!(
+            matches!(pair.client.error, Some(EngineError::Tls(rustls::Error::InvalidCertificate(_)))),
+            "{:?}",
+            pair.client.error
+        );
+        assert!(
+            matches!(
+                pair.server.error,
+                Some(EngineError::Tls(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)))
+            ),
+            "chunk {chunk}: {:?}",
+            pair.server.error
+        );
+    }
+}
+
+/// An idle engine gives its buffers back.
+#[test]
+fn trim_gives_idle_buffers_back() {
+    let mut rig = Rig::new(64, Policy::default());
+    rig.handshake();
+    rig.client_send(&pattern(50_000, 12));
+    rig.settle();
+    assert!(rig.engine.buffer_capacity() > 0);
+    rig.engine.trim();
+    assert_eq!(rig.engine.buffer_capacity(), 0);
+    rig.client_send(b"still working\r\n");
+    rig.settle();
+    assert!(rig.app_out.data.iter().rev().take(15).eq(b"still working\r\n".iter().rev()));
+}
+
+/// An in-process application that offers data to a failed or closed
+/// session gets an error, never a "0 taken" it would retry forever.
+#[test]
+fn send_after_failure_or_close_is_an_error() {
+    let untrusting = ClientConfig::builder_with_provider(Arc::new(crate::provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() })
+        .with_no_client_auth();
+    let mut pair = Pair::new(64, Arc::new(untrusting), server_config());
+    pair.settle();
+    assert!(pair.client.error.is_some());
+    assert!(matches!(pair.client.engine.send(b"QUIT\r\n"), Err(EngineError::SessionClosed)));
+
+    let mut pair = Pair::new(64, client_config(BOTH), server_config());
+    pair.settle();
+    assert_eq!(pair.client.engine.send(b"EHLO x\r\n").expect("send"), 8);
+    pair.client.engine.close_app_input().expect("close");
+    assert!(matches!(pair.client.engine.send(b"QUIT\r\n"), Err(EngineError::SessionClosed)));
+    pair.settle();
+    assert!(pair.server.app_out.data.iter().eq(b"EHLO x\r\n".iter()));
+    assert!(pair.server.engine.peer_sent_close_notify());
 }
