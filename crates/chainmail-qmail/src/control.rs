@@ -124,7 +124,7 @@ pub(crate) fn scan_number(line: &[u8]) -> Option<u64> {
 
 /// One meaningful line of a list file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Line<'a> {
+pub struct ListLine<'a> {
     /// 1-based physical line number, counting blank and comment lines.
     pub number: usize,
     /// The line without its trailing whitespace.
@@ -133,11 +133,11 @@ pub struct Line<'a> {
 
 /// The meaningful lines of a list file: trailing whitespace stripped, blank
 /// lines and lines starting with `#` left out.
-pub fn lines(content: &[u8]) -> impl Iterator<Item = Line<'_>> {
+pub fn lines(content: &[u8]) -> impl Iterator<Item = ListLine<'_>> {
     content
         .split(|&b| b == b'\n')
         .enumerate()
-        .map(|(i, raw)| Line { number: i + 1, text: strip_trailing_whitespace(raw) })
+        .map(|(i, raw)| ListLine { number: i + 1, text: strip_trailing_whitespace(raw) })
         .filter(|l| !l.text.is_empty() && l.text[0] != b'#')
 }
 
