@@ -48,7 +48,7 @@ pub struct Attempt {
 
 /// The extensions a server announced in its EHLO reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Extensions {
+pub(crate) struct Extensions {
     /// RFC 2920.
     pub pipelining: bool,
     /// RFC 3207.
@@ -304,11 +304,6 @@ impl Client {
             (None, State::Body) => Status::SendBody,
             _ => Status::Running,
         }
-    }
-
-    /// The extensions of the last EHLO reply.
-    pub fn extensions(&self) -> Extensions {
-        self.ext
     }
 
     /// Bytes to send.
