@@ -32,7 +32,7 @@ pub enum ServersError {
 /// The DNS servers to query, in the order given.
 ///
 /// Built from `DNSCACHEIP` ([`Servers::from_dnscacheip`]) or from
-/// `/etc/resolv.conf` ([`Servers::from_resolv_conf`]); [`Servers::from_env`]
+/// `/etc/resolv.conf` (`Servers::from_resolv_conf`); [`Servers::from_env`]
 /// picks one the way djbdns programs do. Only the server addresses are taken
 /// from `resolv.conf`: `search`, `domain` and `options` are ignored on
 /// purpose (mail domains are always fully qualified, and the timeouts are
@@ -82,7 +82,7 @@ impl Servers {
         Ok(addrs)
     }
 
-    /// [`Servers::parse_dnscacheip`] as a `Servers`.
+    /// `Servers::parse_dnscacheip` as a `Servers`.
     pub fn from_dnscacheip(value: &str) -> Result<Self, ServersError> {
         Ok(Self { addrs: Self::parse_dnscacheip(value)? })
     }
@@ -116,7 +116,7 @@ impl Servers {
     }
 
     /// The servers from `dnscacheip` (the value of `DNSCACHEIP`, if set)
-    /// or else from [`RESOLV_CONF`]: a `DNSCACHEIP` that is unset or holds
+    /// or else from `RESOLV_CONF`: a `DNSCACHEIP` that is unset or holds
     /// only white space and commas means `resolv.conf`; one that holds a
     /// bad address is an error (better to defer than to query a server the
     /// administrator did not mean).

@@ -230,7 +230,7 @@ pub struct Control {
     /// `control/timeoutdns`: how long the DNS resolution of one delivery
     /// may take in all (MX, then the addresses of the exchangers or of the
     /// relay). 0, a missing file or a non-number selects
-    /// [`DEFAULT_TIMEOUT_DNS`].
+    /// `DEFAULT_TIMEOUT_DNS`.
     pub timeout_dns: Duration,
     /// `control/tlsstrictness` (default 0).
     pub tls_strictness: TlsStrictness,

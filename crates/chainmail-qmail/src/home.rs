@@ -11,7 +11,7 @@
 //! 3. where the program lies: `<home>/bin`, when `<home>/control` is a
 //!    directory (so that `/usr/local/bin/qmail-remote` does not make
 //!    `/usr/local` a qmail home);
-//! 4. [`DEFAULT_QMAILHOME`], when neither 2 nor 3 says anything (run by
+//! 4. `DEFAULT_QMAILHOME`, when neither 2 nor 3 says anything (run by
 //!    hand from elsewhere).
 //!
 //! When 2 and 3 both name a home and they differ, there is no safe choice:

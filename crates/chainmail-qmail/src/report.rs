@@ -48,7 +48,7 @@ impl fmt::Debug for RemoteText {
 impl RemoteText {
     /// The reply as received, all its lines with their codes (`250-first\r\n
     /// 250 last\r\n`): every CR is removed, NULs become `?`, the text is cut
-    /// after [`REPLY_TEXT_MAX`] bytes and always ends with a newline (stock
+    /// after `REPLY_TEXT_MAX` bytes and always ends with a newline (stock
     /// qmail loses the final newline of a reply it cuts; we add one).
     pub fn from_raw(raw: &[u8]) -> RemoteText {
         let mut text: Vec<u8> =
@@ -387,7 +387,7 @@ impl Report {
     }
 
     /// The complete report: the recipient records, then exactly one final
-    /// record ([`Final::no_result`] if none was set).
+    /// record (`Final::no_result` if none was set).
     pub fn finish(self) -> Vec<u8> {
         let last = self.last.unwrap_or_else(Final::no_result);
         let mut out = self.records;

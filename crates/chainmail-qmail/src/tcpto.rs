@@ -2,7 +2,7 @@
 //! qmail-remote does not wait on them again for every message.
 //!
 //! The rules are stock qmail's `tcpto.c`, as pure functions over a record
-//! array ([`should_skip`], [`update`]) plus thin file I/O ([`Tcpto`]):
+//! array ([`should_skip`], `update`) plus thin file I/O ([`Tcpto`]):
 //!
 //! * An address is skipped when its error count is at least 2 and its last
 //!   error is less than `(60 + (pid & 31)) << 6` seconds old (3840 to 5824
@@ -287,7 +287,7 @@ impl Tcpto {
         }
     }
 
-    /// Records the result of a connection attempt (see [`update`]). A
+    /// Records the result of a connection attempt (see `update`). A
     /// missing IPv4 file is left missing; the IPv6 file is created when a
     /// timeout is to be recorded.
     pub fn record(&self, ip: IpAddr, now: u64, timed_out: bool) -> Result<(), TcptoError> {

@@ -5,7 +5,7 @@
 //! memory: the splitter reports it once as [`Line::TooLong`] when its LF
 //! finally arrives, having thrown its bytes away.
 
-/// What [`LineBuffer::next_line`] found.
+/// What `LineBuffer::next_line` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A complete line, with its LF (and CR if any).

@@ -47,7 +47,7 @@ pub mod replies {
     pub const MAIL_FIRST: &[u8] = b"503 5.5.1 MAIL first\r\n";
     /// A verb the proxy does not pass on before the decision.
     pub(crate) const UNRECOGNIZED: &[u8] = b"500 5.5.2 Command not recognized\r\n";
-    /// A command line over [`super::MAX_COMMAND_LINE`].
+    /// A command line over `super::MAX_COMMAND_LINE`.
     pub const TOO_LONG: &[u8] = b"500 5.5.2 Line too long\r\n";
     /// A CR inside a command line, or a NUL.
     pub(crate) const BARE_CR: &[u8] = b"500 5.5.2 Syntax error: bare CR or NUL in command\r\n";

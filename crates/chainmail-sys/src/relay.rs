@@ -11,7 +11,7 @@
 //!   leg's own and from there to the destination, still without entering
 //!   user space. There is no copying fallback for sockets;
 //! - either end is neither a pipe nor a socket (a file, a terminal):
-//!   `read(2)` and `write(2)` through a buffer of [`COPY_BUFFER`] bytes
+//!   `read(2)` and `write(2)` through a buffer of `COPY_BUFFER` bytes
 //!   allocated once for the leg. Such descriptors are rare (tests, a
 //!   terminal while debugging), so they are served rather than refused.
 //!
@@ -55,7 +55,7 @@ const STEPS_PER_WAKEUP: usize = 8;
 /// What a leg's source is read into and thrown away while discarding.
 const DISCARD_BUFFER: usize = 16 * 1024;
 
-/// One direction of a relay, as given to [`ByteRelay::with_legs`].
+/// One direction of a relay, as given to `ByteRelay::with_legs`.
 #[derive(Debug)]
 pub struct LegSpec {
     /// Where bytes come from.
