@@ -49,6 +49,15 @@ fn tls(dir: &TestDir) -> TlsClient {
     TlsClient::mx(dir.certs(), TlsVersion::Any)
 }
 
+/// A test directory, the default chain in it and a client that got the
+/// greeting.
+fn greeted_default_chain(name: &str) -> (TestDir, Server, Smtp<TcpStream>) {
+    let dir = TestDir::new(name);
+    let server = Chain::new(&dir).start();
+    let c = server.connect_greeted();
+    (dir, server, c)
+}
+
 /// A greeted session decided for plaintext: HELO sent and answered 250.
 fn plaintext_session(server: &Server) -> Smtp<TcpStream> {
     let mut c = server.connect_greeted();
@@ -128,9 +137,7 @@ fn failed_ehlo_gets_no_starttls() {
 
 #[test]
 fn ehlo_after_tls_passes_unchanged() {
-    let dir = TestDir::new("ehlo_after_tls");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("ehlo_after_tls");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     let mut c = c.starttls(&tls(&dir));
     let r = c.cmd("EHLO client.test");
@@ -157,9 +164,7 @@ fn client_speaking_before_the_greeting() {
 
 #[test]
 fn commands_arriving_byte_by_byte() {
-    let dir = TestDir::new("byte_by_byte");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("byte_by_byte");
     let trickle = |c: &mut Smtp<TcpStream>, bytes: &[u8]| {
         for b in bytes {
             c.send(std::slice::from_ref(b));
@@ -190,9 +195,7 @@ fn commands_arriving_byte_by_byte() {
 
 #[test]
 fn commands_answered_by_the_proxy_before_the_decision() {
-    let dir = TestDir::new("local_answers");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("local_answers");
     for (cmd, reply) in [
         ("NOOP", LOCAL_NOOP),
         ("noop", LOCAL_NOOP),
@@ -223,9 +226,7 @@ fn commands_answered_by_the_proxy_before_the_decision() {
 
 #[test]
 fn commands_forwarded_before_the_decision() {
-    let dir = TestDir::new("forwarded");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("forwarded");
     c.cmd_expect("EHLO client.test", 250);
     c.cmd_expect_line("RSET", "250 2.0.0 Reset ok");
     c.cmd_expect_line("VRFY someone", "252 2.5.2 Cannot VRFY user");
@@ -255,9 +256,7 @@ fn assert_plaintext_relay(c: &mut Smtp<TcpStream>) {
 
 #[test]
 fn helo_declines_tls() {
-    let dir = TestDir::new("helo_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("helo_declines");
     c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     assert_plaintext_relay(&mut c);
@@ -268,9 +267,7 @@ fn helo_declines_tls() {
 
 #[test]
 fn mail_declines_tls_and_delivers() {
-    let dir = TestDir::new("mail_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("mail_declines");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.cmd_expect_line("MAIL FROM:<a@client.test>", "250 2.1.0 Sender ok");
@@ -287,9 +284,7 @@ fn mail_declines_tls_and_delivers() {
 
 #[test]
 fn auth_declines_tls() {
-    let dir = TestDir::new("auth_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("auth_declines");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.cmd_expect_line("AUTH PLAIN AHVzZXIAcGFzcw==", "502 5.5.2 Command not implemented");
@@ -326,9 +321,7 @@ fn require_tls_refuses_mail_and_auth_until_starttls() {
 
 #[test]
 fn bare_cr_or_nul_in_a_command_is_refused() {
-    let dir = TestDir::new("bare_cr_nul");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("bare_cr_nul");
     for bad in
         [&b"VRFY a\rb\r\n"[..], b"VRFY a\0b\r\n", b"NOOP\r\r\n", b"\0\r\n", b"HELO x\ry\r\n", b"MAIL FROM:<a\0@b>\r\n"]
     {
@@ -347,9 +340,7 @@ fn bare_cr_or_nul_in_a_command_is_refused() {
 
 #[test]
 fn long_lines_accepted_up_to_4k_and_refused_at_20k() {
-    let dir = TestDir::new("long_lines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("long_lines");
     // Exactly 4096 bytes with the CRLF.
     let mut line = b"VRFY ".to_vec();
     line.resize(4094, b'a');
@@ -392,9 +383,7 @@ fn long_lines_after_tls_pass_through() {
 
 #[test]
 fn starttls_with_a_parameter_is_refused_then_starttls_works() {
-    let dir = TestDir::new("starttls_param");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_param");
     c.cmd_expect("EHLO client.test", 250);
     c.cmd_expect_line("STARTTLS now", STARTTLS_PARAM);
     c.cmd_expect_line("NOOP", LOCAL_NOOP);
@@ -409,9 +398,7 @@ fn starttls_with_a_parameter_is_refused_then_starttls_works() {
 
 #[test]
 fn starttls_sends_rset_and_does_not_forward_its_reply() {
-    let dir = TestDir::new("starttls_rset");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_rset");
     c.cmd_expect("EHLO client.test", 250);
     // starttls() checks that exactly the 220 arrives, nothing before or
     // after it (the RSET reply must be swallowed).
@@ -444,9 +431,7 @@ fn starttls_when_the_reset_fails_gives_454_and_stays_in_plaintext() {
 
 #[test]
 fn starttls_at_the_end_of_a_pipelined_group_is_fine() {
-    let dir = TestDir::new("starttls_last");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_last");
     c.send(b"EHLO client.test\r\nSTARTTLS\r\n");
     assert_ehlo_with_one_starttls(&c.reply());
     c.expect_line("220 2.0.0 Ready to start TLS");
@@ -480,9 +465,7 @@ fn injection_pipelined_after_starttls_is_refused() {
 
 #[test]
 fn injection_in_plaintext_after_the_220_never_reaches_the_smtpd() {
-    let dir = TestDir::new("injection_after_220");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("injection_after_220");
     c.cmd_expect("EHLO client.test", 250);
     c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     c.send(b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@test.smtpd>\r\nDATA\r\n");
@@ -501,9 +484,7 @@ fn injection_in_plaintext_after_the_220_never_reaches_the_smtpd() {
 
 #[test]
 fn pipelined_rset_then_mail_gets_both_replies_promptly() {
-    let dir = TestDir::new("pipelined_rset_mail");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("pipelined_rset_mail");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     let start = Instant::now();
     c.send(b"RSET\r\nMAIL FROM:<a@b>\r\n");
@@ -522,9 +503,7 @@ fn pipelined_rset_then_mail_gets_both_replies_promptly() {
 
 #[test]
 fn long_pipelined_group_gets_every_reply_in_order() {
-    let dir = TestDir::new("pipelined_group");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("pipelined_group");
     let group: &[(&str, &str)] = &[
         ("EHLO client.test", "EHLO"),
         ("NOOP", LOCAL_NOOP),
@@ -903,9 +882,7 @@ fn client_that_never_reads_is_held_back_by_backpressure() {
 
 #[test]
 fn client_disconnect_ends_every_session_process() {
-    let dir = TestDir::new("disconnect");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("disconnect");
     c.cmd_expect("EHLO client.test", 250);
     drop(c);
     server.wait_sessions_gone(secs(20));
