@@ -2,7 +2,7 @@
 //! never "delivered" unless the body was sent and a 2xx came after it.
 #![no_main]
 
-use chainmail_smtp::client::{Attempt, Client, Outcome, Status, TlsWish, Verdict};
+use chainmail_smtp::client::{Attempt, AttemptEnd, Client, MessageResult, Status, TlsWish};
 use chainmail_smtp::data::MessageFacts;
 use libfuzzer_sys::fuzz_target;
 
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
                 c.body_sent();
             }
             Status::Done(outcome) => {
-                if let Outcome::Final { verdict: Verdict::Delivered(r), .. } = outcome {
+                if let AttemptEnd::Final { message: MessageResult::Delivered(r), .. } = outcome {
                     assert!(body_sent && replies_after_body > 0 && r.is_positive());
                 }
                 return;
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     c.server_closed();
-    if let Status::Done(Outcome::Final { verdict: Verdict::Delivered(_), .. }) = c.status() {
+    if let Status::Done(AttemptEnd::Final { message: MessageResult::Delivered(_), .. }) = c.status() {
         assert!(body_sent);
     }
 });

@@ -7,7 +7,7 @@
 //! | `mx.pem`/`mx.key` | server `mx.test`, SAN `DNS:mx.test, IP:127.0.0.1`, RSA 2048 |
 //! | `a.pem`/`a.key`, `b.pem`/`b.key` | servers `a.test`, `b.test` (EC) |
 //! | `wild.pem`/`wild.key` | server `*.wild.test` (EC) |
-//! | `client.pem`/`client.key` | client `client.test`, signed by the test CA |
+//! | `client.pem`/`client.key` | client `client.test` (subject `O=Test, CN=client.test`), signed by the test CA |
 //! | `rogue-ca.pem` | another CA that nothing trusts |
 //! | `rogue-client.pem`/`rogue-client.key` | client `rogue.test`, signed by the rogue CA |
 //! | `expired.pem`/`expired.key` | `expired.test`, signed by the test CA, valid only on 2020-01-01 |
@@ -179,14 +179,13 @@ fn make_ca(dir: &Path, stem: &str, cn: &str) {
     ]);
 }
 
-/// Makes `stem.pem`/`stem.key` signed by `ca` with the extension lines
-/// `ext`.
-fn make_leaf(dir: &Path, stem: &str, cn: &str, ca: &str, serial: u32, rsa: bool, ext: &str) {
+/// Makes `stem.pem`/`stem.key` for the subject `subj` (`/CN=...`), signed
+/// by `ca` with the extension lines `ext`.
+fn make_leaf(dir: &Path, stem: &str, subj: &str, ca: &str, serial: u32, rsa: bool, ext: &str) {
     let key = format!("{stem}.key");
     new_key(dir, &key, rsa);
     let csr = format!("{stem}.csr");
-    let subj = format!("/CN={cn}");
-    openssl(dir, &["req", "-config", "req.cnf", "-new", "-key", &key, "-subj", &subj, "-out", &csr]);
+    openssl(dir, &["req", "-config", "req.cnf", "-new", "-key", &key, "-subj", subj, "-out", &csr]);
     let extfile = format!("{stem}.ext");
     std::fs::write(dir.join(&extfile), ext).expect("write extension file");
     let serial = serial.to_string();
@@ -256,12 +255,12 @@ fn generate() -> Vec<(&'static str, Vec<u8>)> {
     std::fs::write(dir.join("req.cnf"), REQ_CNF).expect("write req.cnf");
     make_ca(dir, "ca", "chainmail test CA");
     make_ca(dir, "rogue-ca", "rogue test CA");
-    make_leaf(dir, "mx", "mx.test", "ca", 2, true, &server_ext("DNS:mx.test, IP:127.0.0.1"));
-    make_leaf(dir, "a", "a.test", "ca", 3, false, &server_ext("DNS:a.test"));
-    make_leaf(dir, "b", "b.test", "ca", 4, false, &server_ext("DNS:b.test"));
-    make_leaf(dir, "wild", "*.wild.test", "ca", 5, false, &server_ext("DNS:*.wild.test"));
-    make_leaf(dir, "client", "client.test", "ca", 6, false, &client_ext("DNS:client.test"));
-    make_leaf(dir, "rogue-client", "rogue.test", "rogue-ca", 7, false, &client_ext("DNS:rogue.test"));
+    make_leaf(dir, "mx", "/CN=mx.test", "ca", 2, true, &server_ext("DNS:mx.test, IP:127.0.0.1"));
+    make_leaf(dir, "a", "/CN=a.test", "ca", 3, false, &server_ext("DNS:a.test"));
+    make_leaf(dir, "b", "/CN=b.test", "ca", 4, false, &server_ext("DNS:b.test"));
+    make_leaf(dir, "wild", "/CN=*.wild.test", "ca", 5, false, &server_ext("DNS:*.wild.test"));
+    make_leaf(dir, "client", "/O=Test/CN=client.test", "ca", 6, false, &client_ext("DNS:client.test"));
+    make_leaf(dir, "rogue-client", "/CN=rogue.test", "rogue-ca", 7, false, &client_ext("DNS:rogue.test"));
     make_expired(dir);
     FILES
         .iter()

@@ -18,7 +18,9 @@
 //! * [`run`]: external programs with a time limit and captured output;
 //! * [`clients`]: `openssl s_client` and `swaks` runs;
 //! * [`procs`]: the processes of a session, from `/proc`;
-//! * [`exim`]: `exim4 -bs` as the SMTP server of a chain.
+//! * [`exim`]: `exim4 -bs` as the SMTP server of a chain;
+//! * [`peer`]: peer processes killed by process group on drop, and the DNS
+//!   server peer ([`peer::DnsServer`]).
 //!
 //! Every wait in here is bounded; nothing sleeps to wait for something to be
 //! ready.
@@ -28,6 +30,7 @@ pub mod bins;
 pub mod certs;
 pub mod clients;
 pub mod exim;
+pub mod peer;
 pub mod procs;
 pub mod run;
 pub mod server;

@@ -389,6 +389,12 @@ impl<S: Conn> Smtp<S> {
         self.expect(code)
     }
 
+    /// Sends `line` and expects exactly the single-line reply `reply`.
+    pub fn cmd_expect_line(&mut self, line: &str, reply: &str) -> Reply {
+        self.line(line);
+        self.expect_line(reply)
+    }
+
     /// Reads until the connection ends or `limit` passes; returns the bytes
     /// that came (beyond any already buffered, which are included) and how
     /// it ended.

@@ -27,33 +27,18 @@ fn assert_session_continued(out: &Output, brief: &Brief) {
 
 // ----------------------------------------------------------- delivery
 
+/// swaks' envelope and HELO for a delivery into exim.
+const EXIM_ENVELOPE: [&str; 6] = ["-f", "sender@client.test", "-t", "rcpt@exim.test", "--helo", "client.test"];
+
 #[test]
 fn swaks_delivers_over_starttls_into_exim() {
     let dir = TestDir::new("swaks_tls_exim");
     let exim = Exim::setup(&dir);
     let server = Chain::new(&dir).smtpd(exim.argv()).start();
     let ca = dir.certs().ca();
-    let out = swaks(
-        &server,
-        &[
-            "--tls",
-            "--tls-verify",
-            "--tls-ca-path",
-            ca.to_str().expect("utf-8 path"),
-            "--tls-sni",
-            "mx.test",
-            "-f",
-            "sender@client.test",
-            "-t",
-            "rcpt@exim.test",
-            "--helo",
-            "client.test",
-            "--header",
-            "Subject: chainmail starttls delivery",
-            "--body",
-            "chain-tls-token-7431",
-        ],
-    );
+    let tls = ["--tls", "--tls-verify", "--tls-ca-path", ca.to_str().expect("utf-8 path"), "--tls-sni", "mx.test"];
+    let message = ["--header", "Subject: chainmail starttls delivery", "--body", "chain-tls-token-7431"];
+    let out = swaks(&server, &[&tls[..], &EXIM_ENVELOPE, &message].concat());
     assert!(out.success(), "{}\n{}", out.describe(), exim.logs());
     let transcript = out.stdout_str();
     let has = |line: &str| transcript.lines().any(|l| l.trim_start().starts_with(line));
@@ -73,19 +58,7 @@ fn swaks_delivers_in_plaintext_into_exim_and_the_engine_goes_away() {
     let dir = TestDir::new("swaks_plain_exim");
     let exim = Exim::setup(&dir);
     let server = Chain::new(&dir).smtpd(exim.argv()).start();
-    let out = swaks(
-        &server,
-        &[
-            "-f",
-            "sender@client.test",
-            "-t",
-            "rcpt@exim.test",
-            "--helo",
-            "client.test",
-            "--body",
-            "chain-plain-token-2209",
-        ],
-    );
+    let out = swaks(&server, &[&EXIM_ENVELOPE[..], &["--body", "chain-plain-token-2209"]].concat());
     assert!(out.success(), "{}\n{}", out.describe(), exim.logs());
     let transcript = out.stdout_str();
     let has = |line: &str| transcript.lines().any(|l| l.trim_start().starts_with(line));
@@ -348,8 +321,7 @@ fn required_client_certificate_with_rustls() {
         // right after it (the server checks the client's last flight);
         // either way no SMTP reply comes over TLS.
         let mut s = server.connect_greeted();
-        s.line("STARTTLS");
-        s.expect_line("220 2.0.0 Ready to start TLS");
+        s.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
         if let Ok(mut t) = s.tls_handshake(&TlsClient::new(&c.ca(), v, "mx.test", None)) {
             let _ = t.try_send(b"EHLO client.test\r\n");
             let r = t.try_reply();
@@ -402,8 +374,7 @@ fn handshake_timeout_closes_the_connection() {
     let server = Chain::new(&dir).tlsd_args(["-K", "500"]).start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     let start = Instant::now();
     let (extra, end) = c.read_until_closed(secs(15));
     let waited = start.elapsed();
@@ -432,8 +403,7 @@ fn garbage_instead_of_a_client_hello_closes_the_connection() {
     let dir = TestDir::new("garbage_hello");
     let server = Chain::new(&dir).start();
     let mut c = server.connect_greeted();
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     c.send(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]);
     let (_, end) = c.read_until_closed(secs(15));
     assert!(end.is_closed());

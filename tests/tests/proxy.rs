@@ -9,7 +9,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use chainmail_tests::smtp::{ReadEnd, ReplyError};
+use chainmail_tests::smtp::{Conn, ReadEnd, ReplyError, TlsStream};
 use chainmail_tests::{Chain, Server, Smtp, TestDir, TlsClient, TlsVersion, contains, limit, secs, show};
 
 const LOCAL_NOOP: &str = "250 2.0.0 OK";
@@ -47,6 +47,29 @@ fn assert_ehlo_with_one_starttls(r: &chainmail_tests::Reply) {
 
 fn tls(dir: &TestDir) -> TlsClient {
     TlsClient::mx(dir.certs(), TlsVersion::Any)
+}
+
+/// A test directory, the default chain in it and a client that got the
+/// greeting.
+fn greeted_default_chain(name: &str) -> (TestDir, Server, Smtp<TcpStream>) {
+    let dir = TestDir::new(name);
+    let server = Chain::new(&dir).start();
+    let c = server.connect_greeted();
+    (dir, server, c)
+}
+
+/// A greeted session decided for plaintext: HELO sent and answered 250.
+fn plaintext_session(server: &Server) -> Smtp<TcpStream> {
+    let mut c = server.connect_greeted();
+    c.cmd_expect("HELO client.test", 250);
+    c
+}
+
+/// A greeted session in TLS: STARTTLS done, EHLO sent and answered 250.
+fn tls_session(server: &Server, dir: &TestDir) -> Smtp<TlsStream> {
+    let mut c = server.connect_greeted().starttls(&tls(dir));
+    c.cmd_expect("EHLO client.test", 250);
+    c
 }
 
 /// Waits for the session processes to end, then returns what test-smtpd
@@ -98,10 +121,8 @@ fn failed_ehlo_gets_no_starttls() {
     let dir = TestDir::new("ehlo_failed");
     let server = Chain::new(&dir).env("TEST_SMTPD_REJECT", "EHLO").start();
     let mut c = server.connect_greeted();
-    c.line("EHLO client.test");
-    c.expect_line("550 5.7.1 EHLO rejected by test-smtpd");
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("EHLO client.test", "550 5.7.1 EHLO rejected by test-smtpd");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.quit();
 
     let dir = TestDir::new("ehlo_failed_multiline");
@@ -116,18 +137,14 @@ fn failed_ehlo_gets_no_starttls() {
 
 #[test]
 fn ehlo_after_tls_passes_unchanged() {
-    let dir = TestDir::new("ehlo_after_tls");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("ehlo_after_tls");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     let mut c = c.starttls(&tls(&dir));
     let r = c.cmd("EHLO client.test");
     assert_eq!(r.lines, smtpd_ehlo(false), "after TLS the relay is transparent");
     // So is everything else: a second STARTTLS and NOOP go to the smtpd.
-    c.line("STARTTLS");
-    c.expect_line("502 5.5.2 Command not implemented");
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("STARTTLS", "502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
     server.wait_sessions_gone(secs(20));
     server.assert_stderr_empty();
@@ -147,9 +164,7 @@ fn client_speaking_before_the_greeting() {
 
 #[test]
 fn commands_arriving_byte_by_byte() {
-    let dir = TestDir::new("byte_by_byte");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("byte_by_byte");
     let trickle = |c: &mut Smtp<TcpStream>, bytes: &[u8]| {
         for b in bytes {
             c.send(std::slice::from_ref(b));
@@ -180,9 +195,7 @@ fn commands_arriving_byte_by_byte() {
 
 #[test]
 fn commands_answered_by_the_proxy_before_the_decision() {
-    let dir = TestDir::new("local_answers");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("local_answers");
     for (cmd, reply) in [
         ("NOOP", LOCAL_NOOP),
         ("noop", LOCAL_NOOP),
@@ -196,8 +209,7 @@ fn commands_answered_by_the_proxy_before_the_decision() {
         ("STARTTLS x", STARTTLS_PARAM),
         ("NOOP", LOCAL_NOOP),
     ] {
-        c.line(cmd);
-        c.expect_line(reply);
+        c.cmd_expect_line(cmd, reply);
     }
     c.quit();
     let log = final_log(&server);
@@ -214,21 +226,15 @@ fn commands_answered_by_the_proxy_before_the_decision() {
 
 #[test]
 fn commands_forwarded_before_the_decision() {
-    let dir = TestDir::new("forwarded");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("forwarded");
     c.cmd_expect("EHLO client.test", 250);
-    c.line("RSET");
-    c.expect_line("250 2.0.0 Reset ok");
-    c.line("VRFY someone");
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.line("EXPN list");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("RSET", "250 2.0.0 Reset ok");
+    c.cmd_expect_line("VRFY someone", "252 2.5.2 Cannot VRFY user");
+    c.cmd_expect_line("EXPN list", "502 5.5.2 Command not implemented");
     let r = c.cmd("HELP");
     assert_eq!(r.lines, ["214-test-smtpd commands:", "214-HELO EHLO MAIL RCPT DATA", "214 RSET NOOP VRFY HELP QUIT"]);
     // Still undecided: NOOP is answered locally, STARTTLS still works.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.quit();
@@ -242,23 +248,17 @@ fn commands_forwarded_before_the_decision() {
 /// After HELO, MAIL or AUTH the session is a plaintext relay: everything
 /// goes to the smtpd, STARTTLS included.
 fn assert_plaintext_relay(c: &mut Smtp<TcpStream>) {
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
-    c.line("STARTTLS");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
+    c.cmd_expect_line("STARTTLS", "502 5.5.2 Command not implemented");
     let r = c.cmd("EHLO client.test");
     assert_eq!(r.lines, smtpd_ehlo(false), "no STARTTLS after TLS was declined");
 }
 
 #[test]
 fn helo_declines_tls() {
-    let dir = TestDir::new("helo_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    let (_dir, server, mut c) = greeted_default_chain("helo_declines");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     assert_plaintext_relay(&mut c);
     c.quit();
     server.wait_sessions_gone(secs(20));
@@ -267,16 +267,11 @@ fn helo_declines_tls() {
 
 #[test]
 fn mail_declines_tls_and_delivers() {
-    let dir = TestDir::new("mail_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("mail_declines");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("MAIL FROM:<a@client.test>");
-    c.expect_line("250 2.1.0 Sender ok");
-    c.line("RCPT TO:<b@test.smtpd>");
-    c.expect_line("250 2.1.5 Recipient ok");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("MAIL FROM:<a@client.test>", "250 2.1.0 Sender ok");
+    c.cmd_expect_line("RCPT TO:<b@test.smtpd>", "250 2.1.5 Recipient ok");
     c.cmd_expect("DATA", 354);
     c.send(b"Subject: plain\r\n\r\n..dot\r\n");
     c.cmd_expect(".", 250);
@@ -289,14 +284,10 @@ fn mail_declines_tls_and_delivers() {
 
 #[test]
 fn auth_declines_tls() {
-    let dir = TestDir::new("auth_declines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("auth_declines");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("AUTH PLAIN AHVzZXIAcGFzcw==");
-    c.expect_line("502 5.5.2 Command not implemented");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("AUTH PLAIN AHVzZXIAcGFzcw==", "502 5.5.2 Command not implemented");
     assert_plaintext_relay(&mut c);
     c.quit();
     let log = final_log(&server);
@@ -310,17 +301,12 @@ fn require_tls_refuses_mail_and_auth_until_starttls() {
     let server = Chain::new(&dir).proxy_args(["-R"]).start();
     let mut c = server.connect_greeted();
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
-    c.line("MAIL FROM:<early@client.test>");
-    c.expect_line(MUST_STARTTLS);
-    c.line("AUTH PLAIN AGVhcmx5AHB3");
-    c.expect_line(MUST_STARTTLS);
+    c.cmd_expect_line("MAIL FROM:<early@client.test>", MUST_STARTTLS);
+    c.cmd_expect_line("AUTH PLAIN AGVhcmx5AHB3", MUST_STARTTLS);
     // HELO is forwarded but does not end the undecided phase.
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("MAIL FROM:<early2@client.test>");
-    c.expect_line(MUST_STARTTLS);
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("MAIL FROM:<early2@client.test>", MUST_STARTTLS);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.send_mail("late@client.test", "b@test.smtpd", "Subject: required\r\n\r\nbody\r\n");
@@ -335,9 +321,7 @@ fn require_tls_refuses_mail_and_auth_until_starttls() {
 
 #[test]
 fn bare_cr_or_nul_in_a_command_is_refused() {
-    let dir = TestDir::new("bare_cr_nul");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("bare_cr_nul");
     for bad in
         [&b"VRFY a\rb\r\n"[..], b"VRFY a\0b\r\n", b"NOOP\r\r\n", b"\0\r\n", b"HELO x\ry\r\n", b"MAIL FROM:<a\0@b>\r\n"]
     {
@@ -345,8 +329,7 @@ fn bare_cr_or_nul_in_a_command_is_refused() {
         c.expect_line(BARE_CR_NUL);
     }
     // The session goes on, still undecided.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.quit();
     let log = final_log(&server);
     for bad in [&b"a\rb"[..], b"a\0b", b"x\ry", b"a\0@"] {
@@ -357,9 +340,7 @@ fn bare_cr_or_nul_in_a_command_is_refused() {
 
 #[test]
 fn long_lines_accepted_up_to_4k_and_refused_at_20k() {
-    let dir = TestDir::new("long_lines");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("long_lines");
     // Exactly 4096 bytes with the CRLF.
     let mut line = b"VRFY ".to_vec();
     line.resize(4094, b'a');
@@ -373,10 +354,8 @@ fn long_lines_accepted_up_to_4k_and_refused_at_20k() {
     long.extend_from_slice(b"\r\n");
     c.send(&long);
     c.expect_line(TOO_LONG);
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
-    c.line("VRFY after");
-    c.expect_line("252 2.5.2 Cannot VRFY user");
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
+    c.cmd_expect_line("VRFY after", "252 2.5.2 Cannot VRFY user");
     c.quit();
     let log = final_log(&server);
     assert!(contains(&log, &line), "the 4 KiB line did not reach the smtpd intact:\n{}", show(&log));
@@ -404,14 +383,10 @@ fn long_lines_after_tls_pass_through() {
 
 #[test]
 fn starttls_with_a_parameter_is_refused_then_starttls_works() {
-    let dir = TestDir::new("starttls_param");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_param");
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS now");
-    c.expect_line(STARTTLS_PARAM);
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("STARTTLS now", STARTTLS_PARAM);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     let mut c = c.starttls(&tls(&dir));
     c.cmd_expect("EHLO client.test", 250);
     c.send_mail("a@client.test", "b@test.smtpd", "Subject: tls\r\n\r\nbody\r\n");
@@ -423,15 +398,12 @@ fn starttls_with_a_parameter_is_refused_then_starttls_works() {
 
 #[test]
 fn starttls_sends_rset_and_does_not_forward_its_reply() {
-    let dir = TestDir::new("starttls_rset");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_rset");
     c.cmd_expect("EHLO client.test", 250);
     // starttls() checks that exactly the 220 arrives, nothing before or
     // after it (the RSET reply must be swallowed).
     let mut c = c.starttls(&tls(&dir));
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
     let log = final_log(&server);
     assert!(
@@ -447,11 +419,9 @@ fn starttls_when_the_reset_fails_gives_454_and_stays_in_plaintext() {
     let server = Chain::new(&dir).env("TEST_SMTPD_RSET_FAIL", "1").start();
     let mut c = server.connect_greeted();
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line(NO_RESET);
+    c.cmd_expect_line("STARTTLS", NO_RESET);
     // Still undecided.
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     c.send_mail("a@client.test", "b@test.smtpd", "Subject: no tls\r\n\r\nbody\r\n");
     c.quit();
     let log = final_log(&server);
@@ -461,9 +431,7 @@ fn starttls_when_the_reset_fails_gives_454_and_stays_in_plaintext() {
 
 #[test]
 fn starttls_at_the_end_of_a_pipelined_group_is_fine() {
-    let dir = TestDir::new("starttls_last");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("starttls_last");
     c.send(b"EHLO client.test\r\nSTARTTLS\r\n");
     assert_ehlo_with_one_starttls(&c.reply());
     c.expect_line("220 2.0.0 Ready to start TLS");
@@ -497,12 +465,9 @@ fn injection_pipelined_after_starttls_is_refused() {
 
 #[test]
 fn injection_in_plaintext_after_the_220_never_reaches_the_smtpd() {
-    let dir = TestDir::new("injection_after_220");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("injection_after_220");
     c.cmd_expect("EHLO client.test", 250);
-    c.line("STARTTLS");
-    c.expect_line("220 2.0.0 Ready to start TLS");
+    c.cmd_expect_line("STARTTLS", "220 2.0.0 Ready to start TLS");
     c.send(b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@test.smtpd>\r\nDATA\r\n");
     let (extra, end) = c.read_until_closed(secs(20));
     assert!(end.is_closed(), "the handshake must fail and the connection close");
@@ -519,9 +484,7 @@ fn injection_in_plaintext_after_the_220_never_reaches_the_smtpd() {
 
 #[test]
 fn pipelined_rset_then_mail_gets_both_replies_promptly() {
-    let dir = TestDir::new("pipelined_rset_mail");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("pipelined_rset_mail");
     assert_ehlo_with_one_starttls(&c.cmd("EHLO client.test"));
     let start = Instant::now();
     c.send(b"RSET\r\nMAIL FROM:<a@b>\r\n");
@@ -533,17 +496,14 @@ fn pipelined_rset_then_mail_gets_both_replies_promptly() {
     };
     assert_eq!(first.lines, ["250 2.0.0 Reset ok"]);
     assert_eq!(second.lines, ["250 2.1.0 Sender ok"]);
-    c.line("RCPT TO:<c@d>");
-    c.expect_line("250 2.1.5 Recipient ok");
+    c.cmd_expect_line("RCPT TO:<c@d>", "250 2.1.5 Recipient ok");
     c.quit();
     server.assert_stderr_empty();
 }
 
 #[test]
 fn long_pipelined_group_gets_every_reply_in_order() {
-    let dir = TestDir::new("pipelined_group");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (_dir, server, mut c) = greeted_default_chain("pipelined_group");
     let group: &[(&str, &str)] = &[
         ("EHLO client.test", "EHLO"),
         ("NOOP", LOCAL_NOOP),
@@ -604,8 +564,7 @@ fn multiline_replies_before_and_after_tls() {
         let r = c.cmd(cmd);
         assert_eq!((r.code, r.lines.len()), (code, 3), "{cmd}: {r}");
     }
-    c.line("NOOP");
-    c.expect_line(LOCAL_NOOP);
+    c.cmd_expect_line("NOOP", LOCAL_NOOP);
     // The proxy's RSET gets a 3-line reply, which it must swallow whole.
     let mut c = c.starttls(&tls(&dir));
     let r = c.cmd("EHLO client.test");
@@ -661,8 +620,7 @@ fn malformed_reply_from_the_smtpd_gives_421() {
         let dir = TestDir::new(&format!("malformed_{cmd}"));
         let server = Chain::new(&dir).env("TEST_SMTPD_MALFORMED", cmd).start();
         let mut c = server.connect_greeted();
-        c.line(&format!("{cmd} x"));
-        c.expect_line(LOCAL_ERROR);
+        c.cmd_expect_line(&format!("{cmd} x"), LOCAL_ERROR);
         c.expect_closed(secs(20));
     }
 }
@@ -681,8 +639,7 @@ fn malformed_reply_to_the_proxys_rset_gives_421() {
     let dir = TestDir::new("malformed_rset_starttls");
     let server = Chain::new(&dir).env("TEST_SMTPD_MALFORMED", "RSET").start();
     let mut c = server.connect_greeted();
-    c.line("STARTTLS");
-    c.expect_line(LOCAL_ERROR);
+    c.cmd_expect_line("STARTTLS", LOCAL_ERROR);
     c.expect_closed(secs(20));
 }
 
@@ -711,14 +668,12 @@ fn idle_timeout_before_the_decision_does_not_apply_after_it() {
     let dir = TestDir::new("idle_before_only");
     let server = Chain::new(&dir).proxy_args(["-t", "1", "-T", "60"]).start();
     let mut c = server.connect_greeted();
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     match c.try_reply_within(Duration::from_millis(2500)) {
         Err(ReplyError::Ended { end: ReadEnd::Timeout, partial }) if partial.is_empty() => {}
         other => panic!("after the decision -t must not apply: {other:?}"),
     }
-    c.line("NOOP");
-    c.expect_line(SMTPD_NOOP);
+    c.cmd_expect_line("NOOP", SMTPD_NOOP);
     c.quit();
 }
 
@@ -727,8 +682,7 @@ fn idle_timeout_after_the_decision_plaintext() {
     let dir = TestDir::new("idle_after_plain");
     let server = Chain::new(&dir).proxy_args(["-T", "1"]).start();
     let mut c = server.connect_greeted();
-    c.line("HELO client.test");
-    c.expect_line("250 test.smtpd");
+    c.cmd_expect_line("HELO client.test", "250 test.smtpd");
     let start = Instant::now();
     let (extra, end) = c.read_until_closed(secs(15));
     let waited = start.elapsed();
@@ -749,8 +703,7 @@ fn idle_timeout_after_the_decision_tls() {
         let dir = TestDir::new("idle_after_tls");
         let chain = Chain::new(&dir).proxy_args(["-T", "2"]);
         let server = if handover { chain } else { chain.without_handover() }.start();
-        let mut c = server.connect_greeted().starttls(&tls(&dir));
-        c.cmd_expect("EHLO client.test", 250);
+        let mut c = tls_session(&server, &dir);
         let start = Instant::now();
         let (_, end) = c.read_until_closed(secs(15));
         let waited = start.elapsed();
@@ -766,8 +719,7 @@ fn idle_timeout_after_the_decision_tls() {
 fn after_tls_the_proxy_hands_over_and_leaves() {
     let dir = TestDir::new("handover");
     let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
+    let mut c = tls_session(&server, &dir);
     let deadline = Instant::now() + secs(10);
     let names = loop {
         let names: Vec<String> = server.session_processes().into_iter().map(|p| p.comm).collect();
@@ -816,28 +768,16 @@ fn half_close_after_quit_still_gets_221() {
     let dir = TestDir::new("half_close");
     let server = Chain::new(&dir).start();
 
-    // Before the decision.
-    let mut c = server.connect_greeted();
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
-
-    // After the plaintext decision.
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
-
-    // After TLS.
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
-    c.send(b"QUIT\r\n");
-    c.close_write();
-    c.expect(221);
-    c.expect_closed(secs(20));
+    /// QUIT and a half-close: the 221 still comes, then EOF.
+    fn quit_and_half_close<S: Conn>(mut c: Smtp<S>) {
+        c.send(b"QUIT\r\n");
+        c.close_write();
+        c.expect(221);
+        c.expect_closed(secs(20));
+    }
+    quit_and_half_close(server.connect_greeted()); // before the decision
+    quit_and_half_close(plaintext_session(&server));
+    quit_and_half_close(tls_session(&server, &dir));
 
     server.wait_sessions_gone(secs(20));
     server.assert_stderr_empty();
@@ -847,17 +787,15 @@ fn half_close_after_quit_still_gets_221() {
 fn half_close_without_quit_gets_the_pending_reply() {
     let dir = TestDir::new("half_close_vrfy");
     let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
-    c.send(b"VRFY x\r\n");
-    c.close_write();
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.expect_closed(secs(20));
-
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.send(b"VRFY y\r\n");
-    c.close_write();
-    c.expect_line("252 2.5.2 Cannot VRFY user");
-    c.expect_closed(secs(20));
+    /// VRFY and a half-close: its reply still comes, then EOF.
+    fn vrfy_and_half_close<S: Conn>(mut c: Smtp<S>, vrfy: &[u8]) {
+        c.send(vrfy);
+        c.close_write();
+        c.expect_line("252 2.5.2 Cannot VRFY user");
+        c.expect_closed(secs(20));
+    }
+    vrfy_and_half_close(server.connect_greeted(), b"VRFY x\r\n");
+    vrfy_and_half_close(server.connect_greeted().starttls(&tls(&dir)), b"VRFY y\r\n");
     server.wait_sessions_gone(secs(20));
 }
 
@@ -877,21 +815,10 @@ fn half_close_from_the_smtpd_passes_to_the_client() {
     let (extra, end) = c.read_until_closed(secs(20));
     assert!(extra.is_empty() && end.is_closed(), "{end:?} \"{}\"\n{}", show(&extra), c.transcript_string());
 
-    // After the plaintext decision the other direction stays open.
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    c.line("QUIT");
-    c.expect(221);
-    read_eof_keep_writing(&mut c, "late-bytes-plain");
-    c.close_write();
-
-    // After TLS too.
-    let mut t = server.connect_greeted().starttls(&tls(&dir));
-    t.cmd_expect("EHLO client.test", 250);
-    t.line("QUIT");
-    t.expect(221);
-    read_eof_keep_writing(&mut t, "late-bytes-tls");
-    t.close_write();
+    // After the plaintext decision the other direction stays open; after
+    // TLS too.
+    quit_read_eof_keep_writing(plaintext_session(&server), "late-bytes-plain");
+    quit_read_eof_keep_writing(tls_session(&server, &dir), "late-bytes-tls");
 
     server.wait_sessions_gone(secs(20));
     let log = server.smtpd_log();
@@ -901,12 +828,16 @@ fn half_close_from_the_smtpd_passes_to_the_client() {
     server.assert_stderr_empty();
 }
 
-/// Waits for the server's EOF without closing anything, then sends a line.
-fn read_eof_keep_writing<S: chainmail_tests::smtp::Conn>(c: &mut Smtp<S>, marker: &str) {
+/// Sends QUIT and expects the 221, waits for the server's EOF without
+/// closing anything, then sends the line `marker` and half-closes.
+fn quit_read_eof_keep_writing<S: Conn>(mut c: Smtp<S>, marker: &str) {
+    c.line("QUIT");
+    c.expect(221);
     match c.try_reply_within(secs(20)) {
         Err(ReplyError::Ended { end, partial }) if end.is_closed() && partial.is_empty() => c.line(marker),
         other => panic!("expected EOF after the 221, got {other:?}\n{}", c.transcript_string()),
     }
+    c.close_write();
 }
 
 /// A client that pipelines commands and never reads the replies: the
@@ -951,21 +882,15 @@ fn client_that_never_reads_is_held_back_by_backpressure() {
 
 #[test]
 fn client_disconnect_ends_every_session_process() {
-    let dir = TestDir::new("disconnect");
-    let server = Chain::new(&dir).start();
-    let mut c = server.connect_greeted();
+    let (dir, server, mut c) = greeted_default_chain("disconnect");
     c.cmd_expect("EHLO client.test", 250);
     drop(c);
     server.wait_sessions_gone(secs(20));
 
-    let mut c = server.connect_greeted();
-    c.cmd_expect("HELO client.test", 250);
-    drop(c);
+    drop(plaintext_session(&server));
     server.wait_sessions_gone(secs(20));
 
-    let mut c = server.connect_greeted().starttls(&tls(&dir));
-    c.cmd_expect("EHLO client.test", 250);
-    drop(c);
+    drop(tls_session(&server, &dir));
     server.wait_sessions_gone(secs(20));
 }
 

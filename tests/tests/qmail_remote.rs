@@ -24,6 +24,7 @@ mod qmail_remote_support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use chainmail_tests::peer::DnsServer;
 use chainmail_tests::{Chain, TestDir, contains, secs, show};
 use qmail_remote_support::*;
 
@@ -120,37 +121,104 @@ fn stage_ehlo_5xx_falls_back_to_helo() {
 }
 
 #[test]
-fn stage_helo_5xx_after_ehlo_5xx_is_z_name_rejected() {
-    let (_dir, _home, sink, r) = through_sink("stage_helo_5xx", &["-e", "-f", "helo"], &[RCPT], |_| {});
-    r.expect("Z", 'Z').expect_exact(&report_bytes(&[&format!(
-        "ZConnected to 127.0.0.1 but my name was rejected.\nRemote host said: {SINK_5XX}\n"
-    )]));
-    assert!(sink.dumps().is_empty());
-}
-
-#[test]
 fn stage_ehlo_4xx_goes_on_to_the_next_address() {
     let (_dir, _home, sink, r) = through_sink("stage_ehlo_4xx", &["-r", "ehlo"], &[RCPT], |_| {});
     r.expect("Z", 'Z').expect_text_starts(NO_CONNECTION).expect_text_contains(SINK_4XX);
     assert!(sink.dumps().is_empty());
 }
 
-#[test]
-fn stage_mail_5xx_is_d() {
-    let (_dir, _home, sink, r) = through_sink("stage_mail_5xx", &["-f", "mail"], &[RCPT], |_| {});
-    r.expect("D", 'D').expect_exact(&report_bytes(&[&format!(
-        "DConnected to 127.0.0.1 but sender was rejected.\nRemote host said: {SINK_5XX}\n"
-    )]));
-    assert!(sink.dumps().is_empty());
-}
+/// A refusal (or a hang-up) at one stage, and the exact report it gives:
+/// (test directory, smtp-sink's options, the report's letters, qmail-rspawn's
+/// letter, the records, whether the sink must have stored nothing).
+type StageCase = (&'static str, &'static [&'static str], &'static str, char, Vec<String>, bool);
 
 #[test]
-fn stage_mail_4xx_is_z() {
-    let (_dir, _home, sink, r) = through_sink("stage_mail_4xx", &["-r", "mail"], &[RCPT], |_| {});
-    r.expect("Z", 'Z').expect_exact(&report_bytes(&[&format!(
-        "ZConnected to 127.0.0.1 but sender was rejected.\nRemote host said: {SINK_4XX}\n"
-    )]));
-    assert!(sink.dumps().is_empty());
+fn stage_refusals_give_exact_reports() {
+    let said = |reply: &str| format!("Remote host said: {reply}\n");
+    let data = "127.0.0.1 failed on DATA command.\n";
+    let dot = "127.0.0.1 failed after I sent the message.\n";
+    let cases: Vec<StageCase> = vec![
+        (
+            "stage_helo_5xx",
+            &["-e", "-f", "helo"],
+            "Z",
+            'Z',
+            vec![format!("ZConnected to 127.0.0.1 but my name was rejected.\n{}", said(SINK_5XX))],
+            true,
+        ),
+        (
+            "stage_mail_5xx",
+            &["-f", "mail"],
+            "D",
+            'D',
+            vec![format!("DConnected to 127.0.0.1 but sender was rejected.\n{}", said(SINK_5XX))],
+            true,
+        ),
+        (
+            "stage_mail_4xx",
+            &["-r", "mail"],
+            "Z",
+            'Z',
+            vec![format!("ZConnected to 127.0.0.1 but sender was rejected.\n{}", said(SINK_4XX))],
+            true,
+        ),
+        (
+            "stage_rcpt_4xx",
+            &["-r", "rcpt"],
+            "sZ",
+            'Z',
+            vec![
+                format!("s127.0.0.1 does not like recipient.\n{}", said(SINK_4XX)),
+                "ZGiving up on 127.0.0.1.\n".to_owned(),
+            ],
+            true,
+        ),
+        (
+            "stage_data_5xx",
+            &["-f", "data"],
+            "rD",
+            'D',
+            vec!["r".to_owned(), format!("D{data}{}", said(SINK_5XX))],
+            true,
+        ),
+        (
+            "stage_data_4xx",
+            &["-r", "data"],
+            "rZ",
+            'Z',
+            vec!["r".to_owned(), format!("Z{data}{}", said(SINK_4XX))],
+            true,
+        ),
+        ("stage_dot_5xx", &["-f", "."], "rD", 'D', vec!["r".to_owned(), format!("D{dot}{}", said(SINK_5XX))], false),
+        ("stage_dot_4xx", &["-r", "."], "rZ", 'Z', vec!["r".to_owned(), format!("Z{dot}{}", said(SINK_4XX))], false),
+        (
+            "stage_drop_mail",
+            &["-q", "mail"],
+            "Z",
+            'Z',
+            vec!["ZConnected to 127.0.0.1 but connection died. (#4.4.2)\n".to_owned()],
+            true,
+        ),
+        (
+            "stage_drop_dot",
+            &["-q", "."],
+            "rZ",
+            'Z',
+            vec![
+                "r".to_owned(),
+                "ZConnected to 127.0.0.1 but connection died. Possible duplicate! (#4.4.2)\n".to_owned(),
+            ],
+            false,
+        ),
+    ];
+    for (name, args, letters, letter, records, nothing_stored) in cases {
+        let (_dir, _home, sink, r) = through_sink(name, args, &[RCPT], |_| {});
+        let records: Vec<&str> = records.iter().map(String::as_str).collect();
+        r.expect(letters, letter).expect_exact(&report_bytes(&records));
+        if nothing_stored {
+            assert!(sink.dumps().is_empty(), "{name}: the sink stored a message");
+        }
+    }
 }
 
 #[test]
@@ -163,59 +231,6 @@ fn stage_rcpt_5xx_is_h_then_d_giving_up() {
 }
 
 #[test]
-fn stage_rcpt_4xx_is_s_then_z_giving_up() {
-    let (_dir, _home, sink, r) = through_sink("stage_rcpt_4xx", &["-r", "rcpt"], &[RCPT], |_| {});
-    let s = format!("s127.0.0.1 does not like recipient.\nRemote host said: {SINK_4XX}\n");
-    r.expect("sZ", 'Z').expect_exact(&report_bytes(&[&s, "ZGiving up on 127.0.0.1.\n"]));
-    assert!(sink.dumps().is_empty());
-}
-
-#[test]
-fn stage_data_5xx_is_d() {
-    let (_dir, _home, sink, r) = through_sink("stage_data_5xx", &["-f", "data"], &[RCPT], |_| {});
-    r.expect("rD", 'D').expect_exact(&report_bytes(&[
-        "r",
-        &format!("D127.0.0.1 failed on DATA command.\nRemote host said: {SINK_5XX}\n"),
-    ]));
-    assert!(sink.dumps().is_empty());
-}
-
-#[test]
-fn stage_data_4xx_is_z() {
-    let (_dir, _home, sink, r) = through_sink("stage_data_4xx", &["-r", "data"], &[RCPT], |_| {});
-    r.expect("rZ", 'Z').expect_exact(&report_bytes(&[
-        "r",
-        &format!("Z127.0.0.1 failed on DATA command.\nRemote host said: {SINK_4XX}\n"),
-    ]));
-    assert!(sink.dumps().is_empty());
-}
-
-#[test]
-fn stage_dot_5xx_is_d() {
-    let (_dir, _home, _sink, r) = through_sink("stage_dot_5xx", &["-f", "."], &[RCPT], |_| {});
-    r.expect("rD", 'D').expect_exact(&report_bytes(&[
-        "r",
-        &format!("D127.0.0.1 failed after I sent the message.\nRemote host said: {SINK_5XX}\n"),
-    ]));
-}
-
-#[test]
-fn stage_dot_4xx_is_z() {
-    let (_dir, _home, _sink, r) = through_sink("stage_dot_4xx", &["-r", "."], &[RCPT], |_| {});
-    r.expect("rZ", 'Z').expect_exact(&report_bytes(&[
-        "r",
-        &format!("Z127.0.0.1 failed after I sent the message.\nRemote host said: {SINK_4XX}\n"),
-    ]));
-}
-
-#[test]
-fn stage_connection_dropped_after_mail_is_z_without_duplicate_warning() {
-    let (_dir, _home, sink, r) = through_sink("stage_drop_mail", &["-q", "mail"], &[RCPT], |_| {});
-    r.expect("Z", 'Z').expect_exact(&report_bytes(&["ZConnected to 127.0.0.1 but connection died. (#4.4.2)\n"]));
-    assert!(sink.dumps().is_empty());
-}
-
-#[test]
 fn stage_connection_dropped_after_data_is_z_without_duplicate_warning() {
     let (_dir, _home, sink, r) = through_sink("stage_drop_data", &["-q", "data"], &[RCPT], |_| {});
     // With PIPELINING the RCPT's 250 may or may not have left before the
@@ -224,15 +239,6 @@ fn stage_connection_dropped_after_data_is_z_without_duplicate_warning() {
     assert_eq!(r.rspawn_letter, b'Z', "{}", r.describe());
     assert_eq!(r.text(), "Connected to 127.0.0.1 but connection died. (#4.4.2)\n", "{}", r.describe());
     assert!(sink.dumps().is_empty());
-}
-
-#[test]
-fn stage_connection_dropped_after_the_dot_is_z_possible_duplicate() {
-    let (_dir, _home, _sink, r) = through_sink("stage_drop_dot", &["-q", "."], &[RCPT], |_| {});
-    r.expect("rZ", 'Z').expect_exact(&report_bytes(&[
-        "r",
-        "ZConnected to 127.0.0.1 but connection died. Possible duplicate! (#4.4.2)\n",
-    ]));
 }
 
 /// A reply delayed past `control/timeoutremote` (1 s) gives Z well before
@@ -598,7 +604,7 @@ fn connect_timeout_is_recorded_in_tcpto() {
 
 // ================================================================ DNS
 
-fn dns_env(dns: &Dns) -> [(&'static str, &str); 1] {
+fn dns_env(dns: &DnsServer) -> [(&'static str, &str); 1] {
     [("DNSCACHEIP", dns.dnscacheip.as_str())]
 }
 
@@ -608,7 +614,7 @@ fn dns_mx_lowest_preference_first_and_sender_domain_not_looked_up() {
     let a = SmtpSink::start_25(&dir, &[]);
     let b = SmtpSink::start_25(&dir, &[]);
     let c = SmtpSink::start_25(&dir, &[]);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 30 c.example.test\nexample.test MX 10 a.example.test\nexample.test MX 20 b.example.test\n\
@@ -631,7 +637,7 @@ fn dns_next_mx_after_refusal_4xx_greeting_or_4xx_ehlo() {
     let greet4 = SmtpSink::start_25(&dir, &["-r", "connect"]);
     let ehlo4 = SmtpSink::start_25(&dir, &["-r", "ehlo"]);
     let refused = random_loopback();
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "refused.test MX 10 mx1.refused.test\nrefused.test MX 20 good.test\nmx1.refused.test A {refused}\n\
@@ -654,7 +660,7 @@ fn dns_5xx_greeting_does_not_go_on_to_the_next_mx() {
     let (dir, home) = setup("dns_greeting_5xx");
     let bad = SmtpSink::start_25(&dir, &["-f", "connect"]);
     let good = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 bad.test\nexample.test MX 20 good.test\nbad.test A {}\ngood.test A {}\n",
@@ -671,7 +677,7 @@ fn dns_equal_preferences_are_tried_in_both_orders() {
     let (dir, home) = setup("dns_equal_prefs");
     let a = SmtpSink::start_25(&dir, &[]);
     let b = SmtpSink::start_25(&dir, &[]);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 a.example.test\nexample.test MX 10 b.example.test\na.example.test A {}\nb.example.test A {}\n",
@@ -698,7 +704,7 @@ fn dns_equal_preferences_are_tried_in_both_orders() {
 fn dns_implicit_mx_uses_the_hosts_address() {
     let (dir, home) = setup("dns_implicit_mx");
     let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(&dir, &format!("example.test A {}\nexample.test TXT v=spf1 -all\n", peer.ip));
+    let dns = DnsServer::start(&dir, &format!("example.test A {}\nexample.test TXT v=spf1 -all\n", peer.ip));
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", peer.ip));
     assert_eq!(peer.messages().len(), 1);
@@ -709,7 +715,7 @@ fn dns_null_mx_is_d() {
     let (dir, home) = setup("dns_null_mx");
     let peer = Aiosmtpd::start_25(&dir, &AioOpts::default());
     // An A record too: a Null MX must win over the implicit MX.
-    let dns = Dns::start(&dir, &format!("example.test MX 0 .\nexample.test A {}\n", peer.ip));
+    let dns = DnsServer::start(&dir, &format!("example.test MX 0 .\nexample.test A {}\n", peer.ip));
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("D", 'D').expect_exact(&report_bytes(&[
         "DSorry, example.test does not accept mail (it publishes a null MX). (#5.1.10)\n",
@@ -721,7 +727,7 @@ fn dns_null_mx_is_d() {
 fn dns_nxdomain_is_d_servfail_and_silence_are_z() {
     let (dir, home) = setup("dns_failures");
     home.control("timeoutdns", "2\n");
-    let dns = Dns::start(&dir, "other.test A 127.0.0.1\nsf.test SERVFAIL\ndrop.test DROP\n");
+    let dns = DnsServer::start(&dir, "other.test A 127.0.0.1\nsf.test SERVFAIL\ndrop.test DROP\n");
     let r = home.deliver(&dns_env(&dns), &["nx.test", SENDER, "b@nx.test"], MSG);
     r.expect("D", 'D').expect_exact(&report_bytes(&["DSorry, I couldn't find any host named nx.test. (#5.1.2)\n"]));
 
@@ -746,7 +752,7 @@ fn dns_exchangers_of_this_host_and_worse_are_never_tried() {
     let worse = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let better_refused = random_loopback();
     home.control("ipme", &format!("192.0.2.254\n{}\n", me.ip));
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 better.test\nexample.test MX 20 me.test\nexample.test MX 30 worse.test\n\
@@ -772,7 +778,7 @@ fn dns_ipv6_and_ipv4_exchangers() {
     let (dir, home) = setup("dns_ipv6");
     let lock = V6Port25::lock();
     let v4 = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "v6.test MX 10 mx.v6.test\nmx.v6.test AAAA ::1\n\
@@ -804,8 +810,10 @@ fn dns_route_to_a_relay_name_uses_its_address_and_port_and_skips_ipme() {
     home.control("smtproutes", &format!("example.test:relay.test:{}\n", peer.port));
     // A route to a relay is not checked against this host's addresses.
     home.control("ipme", "127.0.0.1\n");
-    let dns =
-        Dns::start(&dir, "relay.test A 127.0.0.1\nexample.test MX 10 elsewhere.test\nelsewhere.test A 192.0.2.253\n");
+    let dns = DnsServer::start(
+        &dir,
+        "relay.test A 127.0.0.1\nexample.test MX 10 elsewhere.test\nelsewhere.test A 192.0.2.253\n",
+    );
     let r = home.deliver(&dns_env(&dns), &["example.test", SENDER, RCPT], MSG);
     r.expect("rK", 'K').expect_text_starts("127.0.0.1 accepted message.\n");
     assert_eq!(peer.messages().len(), 1);
@@ -821,7 +829,7 @@ fn dns_a_silent_or_failing_backup_exchanger_does_not_hold_the_delivery() {
     let (dir, home) = setup("dns_slow_backup");
     home.control("timeoutdns", "20\n");
     let best = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 best.test\nexample.test MX 20 silent.test\nexample.test MX 30 broken.test\n\
@@ -844,7 +852,7 @@ fn connect_timeout_goes_on_to_the_next_mx() {
     home.control("timeoutconnect", "1\n");
     let hole = FullBacklog::start_25(&dir);
     let good = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 hole.test\nexample.test MX 20 good.test\nhole.test A {}\ngood.test A {}\n",
@@ -880,7 +888,7 @@ fn tls_zone() -> &'static str {
 /// case, the report and the server.
 fn tls_matrix(name: &str, level: &str, check: impl Fn(&str, &Report, &Aiosmtpd)) {
     let (dir, home) = setup(name);
-    let dns = Dns::start(&dir, tls_zone());
+    let dns = DnsServer::start(&dir, tls_zone());
     home.control("tlsstrictness", &format!("{level}\n"));
     for (case, cert, anchors, relay) in tls_cases(&dir) {
         let peer = Aiosmtpd::start(&dir, &AioOpts { tls: Some(cert), pipelining: true, ..AioOpts::default() });
@@ -969,7 +977,7 @@ fn tls_level_2_verifies_the_mx_name_and_goes_on_to_the_next_mx() {
     let o = AioOpts { tls: Some(dir.certs().mx()), ..AioOpts::default() };
     let misnamed = Aiosmtpd::start_25(&dir, &o);
     let right = Aiosmtpd::start_25(&dir, &o);
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 other.test\nexample.test MX 20 mx.test\nother.test A {}\nmx.test A {}\n",
@@ -1038,7 +1046,7 @@ fn tls_level_1_prefers_a_tls_server_listed_after_a_plaintext_one() {
     home.control("trustanchors", &format!("{}\n", dir.certs().ca().display()));
     let plain = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let tls = Aiosmtpd::start_25(&dir, &AioOpts { tls: Some(dir.certs().mx()), ..AioOpts::default() });
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!(
             "example.test MX 10 plain.test\nexample.test MX 20 tls.test\nplain.test A {}\ntls.test A {}\n",
@@ -1058,7 +1066,7 @@ fn tls_level_1_falls_back_to_plaintext_when_nobody_does_tls() {
     home.control("trustanchors", &format!("{}\n", dir.certs().ca().display()));
     let a = Aiosmtpd::start_25(&dir, &AioOpts::default());
     let b = Aiosmtpd::start_25(&dir, &AioOpts::default());
-    let dns = Dns::start(
+    let dns = DnsServer::start(
         &dir,
         &format!("example.test MX 10 a.test\nexample.test MX 20 b.test\na.test A {}\nb.test A {}\n", a.ip, b.ip),
     );
@@ -1837,7 +1845,7 @@ impl Drop for CountingListeners {
 
 /// The queries the DNS server got, without the TCP repetitions of
 /// truncated UDP answers.
-fn udp_queries(dns: &Dns) -> usize {
+fn udp_queries(dns: &DnsServer) -> usize {
     dns.queries().lines().filter(|l| l.starts_with("udp ")).count()
 }
 
@@ -1871,7 +1879,7 @@ fn limits_thousands_of_mx_records_cost_a_bounded_number_of_queries() {
     }
     zone.push_str(&format!("m0.big.test A {}\n", sink.ip));
     let zone = zone.replacen("m0.big.test A 192.0.2.1\n", "", 1);
-    let dns = Dns::start(&dir, &zone);
+    let dns = DnsServer::start(&dir, &zone);
     let (r, rss_kib) = deliver_measured(&home, &dns_env(&dns), &["big.test", SENDER, "b@big.test"]);
     r.expect("rK", 'K').expect_text_starts(&format!("{} accepted message.\n", sink.ip));
     let queries = udp_queries(&dns);
@@ -1896,7 +1904,7 @@ fn limits_many_addresses_per_mx_bounded_connection_attempts() {
     for j in 0..1000 {
         zone.push_str(&format!("relay.test A {}\n", listeners.addrs[j % 64]));
     }
-    let dns = Dns::start(&dir, &zone);
+    let dns = DnsServer::start(&dir, &zone);
     let r = home.deliver(&dns_env(&dns), &["many.test", SENDER, "b@many.test"], MSG);
     r.expect("Z", 'Z')
         .expect_text_starts(NO_CONNECTION)

@@ -15,8 +15,9 @@
 //!
 //! The rules that turn answers into a plan (Null MX, implicit MX, which
 //! failures drop an exchanger, ordering, interleaving) are sans-IO code in
-//! `plan` and `answer`, tested without a network; `tests/` runs the whole
-//! against a real DNS server on loopback (`tests/peers/dnsserver.py`).
+//! `plan` and `answer`, tested without a network; the workspace's
+//! `tests/tests/dns_loopback.rs` runs the whole against a real DNS server on
+//! loopback (`tests/peers/dnsserver.py`).
 #![forbid(unsafe_code)]
 
 mod answer;
@@ -26,8 +27,6 @@ mod resolver;
 mod servers;
 
 pub use error::DnsError;
-pub use plan::{
-    Cut, Exchanger, MAX_ADDRESSES_PER_FAMILY, MAX_CONCURRENT_QUERIES, MAX_EXCHANGERS, Source, parse_literal,
-};
+pub use plan::{Cut, Exchanger, MAX_ADDRESSES_PER_FAMILY, MAX_EXCHANGERS, Source, parse_literal};
 pub use resolver::{ATTEMPT_TIMEOUT, ATTEMPTS_WITHOUT_DEADLINE, BACKUP_GRACE, Resolver};
-pub use servers::{DNS_PORT, DNSCACHEIP, FromEnvError, RESOLV_CONF, Servers, ServersError};
+pub use servers::{DNSCACHEIP, FromEnvError, Servers, ServersError};

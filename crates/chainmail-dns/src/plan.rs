@@ -26,7 +26,7 @@ pub const MAX_ADDRESSES_PER_FAMILY: usize = 4;
 /// The most DNS queries in flight at once: the A and AAAA queries of
 /// [`MAX_EXCHANGERS`] exchangers, so that the limit bounds the load without
 /// adding a round trip to an ordinary plan.
-pub const MAX_CONCURRENT_QUERIES: usize = 2 * MAX_EXCHANGERS;
+pub(crate) const MAX_CONCURRENT_QUERIES: usize = 2 * MAX_EXCHANGERS;
 
 /// What the limits left out of the last plan.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -94,7 +94,9 @@ impl Resolver {
         Ok(Self { runtime, pool, rng: Cell::new(Rng::from_time_and_pid()), cut: Cell::new(Cut::default()) })
     }
 
-    /// Makes the order of equal preferences reproducible (tests).
+    /// Makes the order of equal preferences reproducible (tests; feature
+    /// `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn set_seed(&mut self, seed: u64) {
         self.rng.set(Rng::new(seed));
     }
@@ -113,7 +115,7 @@ impl Resolver {
     /// Bounded whatever the answers: at most
     /// [`MAX_EXCHANGERS`](crate::MAX_EXCHANGERS) exchangers (the lowest
     /// preferences) are looked up, at most
-    /// [`MAX_CONCURRENT_QUERIES`](crate::MAX_CONCURRENT_QUERIES) queries
+    /// `MAX_CONCURRENT_QUERIES` queries
     /// are in flight, and each exchanger keeps at most
     /// [`MAX_ADDRESSES_PER_FAMILY`](crate::MAX_ADDRESSES_PER_FAMILY)
     /// addresses of each family; [`cut`](Self::cut) says what was left out.

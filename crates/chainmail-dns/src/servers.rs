@@ -4,13 +4,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 /// The standard DNS port.
-pub const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 
 /// The environment variable that overrides `/etc/resolv.conf` (djbdns).
 pub const DNSCACHEIP: &str = "DNSCACHEIP";
 
 /// The system resolver configuration.
-pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+pub(crate) const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// A bad server list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum ServersError {
 /// The DNS servers to query, in the order given.
 ///
 /// Built from `DNSCACHEIP` ([`Servers::from_dnscacheip`]) or from
-/// `/etc/resolv.conf` ([`Servers::from_resolv_conf`]); [`Servers::from_env`]
+/// `/etc/resolv.conf` (`Servers::from_resolv_conf`); [`Servers::from_env`]
 /// picks one the way djbdns programs do. Only the server addresses are taken
 /// from `resolv.conf`: `search`, `domain` and `options` are ignored on
 /// purpose (mail domains are always fully qualified, and the timeouts are
@@ -70,7 +70,7 @@ impl Servers {
     /// Empty items (`a,,b`, a trailing comma) are skipped; a value with no
     /// address at all, an unparsable address, a port that is not a number
     /// in 1–65535, or an IPv6 zone (`fe80::1%eth0`) are errors.
-    pub fn parse_dnscacheip(value: &str) -> Result<Vec<SocketAddr>, ServersError> {
+    pub(crate) fn parse_dnscacheip(value: &str) -> Result<Vec<SocketAddr>, ServersError> {
         let addrs = value
             .split(|c: char| c == ',' || c.is_ascii_whitespace())
             .filter(|item| !item.is_empty())
@@ -82,7 +82,7 @@ impl Servers {
         Ok(addrs)
     }
 
-    /// [`Servers::parse_dnscacheip`] as a `Servers`.
+    /// `Servers::parse_dnscacheip` as a `Servers`.
     pub fn from_dnscacheip(value: &str) -> Result<Self, ServersError> {
         Ok(Self { addrs: Self::parse_dnscacheip(value)? })
     }
@@ -92,7 +92,7 @@ impl Servers {
     /// Like libc, this skips lines it cannot use (an unparsable address, or
     /// an IPv6 address with a `%zone`) instead of failing, and yields an
     /// empty list if there is no usable line.
-    pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    pub(crate) fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         text.lines()
             .filter_map(|line| {
                 let mut words = line.split_ascii_whitespace();
@@ -107,7 +107,7 @@ impl Servers {
 
     /// The servers of the `resolv.conf` at `path`; `127.0.0.1:53` if it
     /// names none or does not exist (other read errors are returned).
-    pub fn from_resolv_conf(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn from_resolv_conf(path: &Path) -> std::io::Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Self::new(Self::parse_resolv_conf(&text))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::localhost()),
@@ -116,7 +116,7 @@ impl Servers {
     }
 
     /// The servers from `dnscacheip` (the value of `DNSCACHEIP`, if set)
-    /// or else from [`RESOLV_CONF`]: a `DNSCACHEIP` that is unset or holds
+    /// or else from `RESOLV_CONF`: a `DNSCACHEIP` that is unset or holds
     /// only white space and commas means `resolv.conf`; one that holds a
     /// bad address is an error (better to defer than to query a server the
     /// administrator did not mean).

@@ -105,7 +105,8 @@ impl SmtpPath {
     }
 
     /// True for the null reverse-path `<>`.
-    pub fn is_null(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_null(&self) -> bool {
         self.path.is_empty()
     }
 }
@@ -118,7 +119,7 @@ fn is_atext(b: u8) -> bool {
 /// Whether `local` must be quoted: it is not a dot-string (atoms of
 /// `atext` joined by single dots; non-ASCII counts as `atext` when the
 /// whole local part is valid UTF-8).
-pub fn needs_quoting(local: &[u8]) -> bool {
+pub(crate) fn needs_quoting(local: &[u8]) -> bool {
     let utf8 = std::str::from_utf8(local).is_ok();
     local.is_empty()
         || local
@@ -128,7 +129,7 @@ pub fn needs_quoting(local: &[u8]) -> bool {
 
 /// The local part as a quoted string: `"` … `"` with `\` before `"` and
 /// `\`.
-pub fn quote(local: &[u8]) -> Vec<u8> {
+pub(crate) fn quote(local: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(local.len() + 2);
     v.push(b'"');
     for &b in local {
@@ -145,7 +146,7 @@ pub fn quote(local: &[u8]) -> Vec<u8> {
 /// letters, digits, `-` and `_` (found in real host names), or of non-ASCII
 /// characters that are neither spaces nor controls (an internationalized
 /// name, sent with SMTPUTF8), joined by single dots; at most 255 bytes.
-pub fn is_domain_name(domain: &[u8]) -> bool {
+pub(crate) fn is_domain_name(domain: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(domain) else { return false };
     !text.is_empty()
         && text.len() <= 255
@@ -163,7 +164,7 @@ pub fn is_domain_name(domain: &[u8]) -> bool {
 /// Whether `domain` is an address literal of RFC 5321 §4.1.3: `[IPv4]`,
 /// `[IPv6:addr]`, or `[tag:content]` with a tag of letters, digits and
 /// `-` and content of printable ASCII other than `[`, `\` and `]`.
-pub fn is_address_literal(domain: &[u8]) -> bool {
+pub(crate) fn is_address_literal(domain: &[u8]) -> bool {
     let Some(inner) = domain.strip_prefix(b"[").and_then(|d| d.strip_suffix(b"]")) else { return false };
     let Ok(inner) = std::str::from_utf8(inner) else { return false };
     if inner.parse::<std::net::Ipv4Addr>().is_ok() {

@@ -31,22 +31,22 @@ use chainmail_tls::{TlsPolicy, TrustAnchors};
 use thiserror::Error;
 
 /// The compiled-in qmail home, used when `QMAILHOME` is unset or empty.
-pub const DEFAULT_QMAILHOME: &str = "/var/qmail";
+pub(crate) const DEFAULT_QMAILHOME: &str = "/var/qmail";
 /// The environment variable that overrides [`DEFAULT_QMAILHOME`].
-pub const QMAILHOME_VAR: &str = "QMAILHOME";
+pub(crate) const QMAILHOME_VAR: &str = "QMAILHOME";
 /// Directory of the control files, relative to the qmail home.
-pub const CONTROL_DIR: &str = "control";
+pub(crate) const CONTROL_DIR: &str = "control";
 
 /// Default of `timeoutconnect`, in seconds (stock qmail).
-pub const DEFAULT_TIMEOUT_CONNECT: u64 = 60;
+pub(crate) const DEFAULT_TIMEOUT_CONNECT: u64 = 60;
 /// Default of `timeoutremote`, in seconds (stock qmail).
-pub const DEFAULT_TIMEOUT_REMOTE: u64 = 1200;
+pub(crate) const DEFAULT_TIMEOUT_REMOTE: u64 = 1200;
 /// Default of `timeoutdns`, in seconds. skarnet's default of 0 means "wait
 /// forever"; we never wait forever: 0 selects this value.
-pub const DEFAULT_TIMEOUT_DNS: u64 = 60;
+pub(crate) const DEFAULT_TIMEOUT_DNS: u64 = 60;
 /// Upper bound of every timeout, in seconds (about 136 years). Larger values
 /// saturate here, so that adding a timeout to a clock can never overflow.
-pub const MAX_TIMEOUT: u64 = u32::MAX as u64;
+pub(crate) const MAX_TIMEOUT: u64 = u32::MAX as u64;
 /// The `trustanchors` value that selects the Mozilla root certificates
 /// compiled into the binary (webpki-roots), so that a fresh installation
 /// needs no CA bundle: `echo builtin > control/trustanchors`.
@@ -55,21 +55,6 @@ pub use chainmail_tls::BUILTIN_TRUST_ANCHORS;
 /// How much of a line file is read at most. A longer first line is cut
 /// there; no control value comes close.
 const MAX_LINE: u64 = 64 * 1024;
-
-/// The qmail home for the value of `QMAILHOME` (pass
-/// `std::env::var_os(QMAILHOME_VAR).as_deref()`): the value when it is set
-/// and non-empty, otherwise [`DEFAULT_QMAILHOME`].
-pub fn qmail_home(value: Option<&OsStr>) -> PathBuf {
-    match value {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(DEFAULT_QMAILHOME),
-    }
-}
-
-/// [`qmail_home`] for this process's environment.
-pub fn qmail_home_from_env() -> PathBuf {
-    qmail_home(std::env::var_os(QMAILHOME_VAR).as_deref())
-}
 
 /// A control file could not be used.
 #[derive(Debug, Error)]
@@ -111,14 +96,14 @@ pub enum ControlError {
 }
 
 /// Strips trailing whitespace (space, tab, LF, CR) as `control.c` does.
-pub fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
+pub(crate) fn strip_trailing_whitespace(line: &[u8]) -> &[u8] {
     let end = line.iter().rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')).map_or(0, |i| i + 1);
     &line[..end]
 }
 
 /// The value of a line file with content `content`: its first line, with
 /// trailing whitespace stripped.
-pub fn first_line(content: &[u8]) -> &[u8] {
+pub(crate) fn first_line(content: &[u8]) -> &[u8] {
     let line = match content.iter().position(|&b| b == b'\n') {
         Some(i) => &content[..i],
         None => content,
@@ -129,7 +114,7 @@ pub fn first_line(content: &[u8]) -> &[u8] {
 /// `scan_ulong`: the number made of the leading decimal digits of `line`,
 /// or `None` when it does not start with a digit. Saturates instead of
 /// wrapping around.
-pub fn scan_number(line: &[u8]) -> Option<u64> {
+pub(crate) fn scan_number(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
         return None;
@@ -139,7 +124,7 @@ pub fn scan_number(line: &[u8]) -> Option<u64> {
 
 /// One meaningful line of a list file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Line<'a> {
+pub struct ListLine<'a> {
     /// 1-based physical line number, counting blank and comment lines.
     pub number: usize,
     /// The line without its trailing whitespace.
@@ -148,11 +133,11 @@ pub struct Line<'a> {
 
 /// The meaningful lines of a list file: trailing whitespace stripped, blank
 /// lines and lines starting with `#` left out.
-pub fn lines(content: &[u8]) -> impl Iterator<Item = Line<'_>> {
+pub fn lines(content: &[u8]) -> impl Iterator<Item = ListLine<'_>> {
     content
         .split(|&b| b == b'\n')
         .enumerate()
-        .map(|(i, raw)| Line { number: i + 1, text: strip_trailing_whitespace(raw) })
+        .map(|(i, raw)| ListLine { number: i + 1, text: strip_trailing_whitespace(raw) })
         .filter(|l| !l.text.is_empty() && l.text[0] != b'#')
 }
 
@@ -174,17 +159,8 @@ pub fn read_line(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
 
 /// Reads a number file: `None` when it does not exist or does not start
 /// with a digit.
-pub fn read_number(path: &Path) -> Result<Option<u64>, ControlError> {
+pub(crate) fn read_number(path: &Path) -> Result<Option<u64>, ControlError> {
     Ok(read_line(path)?.and_then(|l| scan_number(&l)))
-}
-
-/// Reads a whole file (for list files): `None` when it does not exist.
-pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, ControlError> {
-    match std::fs::read(path) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(read_err(path)(e)),
-    }
 }
 
 /// `control/tlsstrictness`.
@@ -254,7 +230,7 @@ pub struct Control {
     /// `control/timeoutdns`: how long the DNS resolution of one delivery
     /// may take in all (MX, then the addresses of the exchangers or of the
     /// relay). 0, a missing file or a non-number selects
-    /// [`DEFAULT_TIMEOUT_DNS`].
+    /// `DEFAULT_TIMEOUT_DNS`.
     pub timeout_dns: Duration,
     /// `control/tlsstrictness` (default 0).
     pub tls_strictness: TlsStrictness,
@@ -399,19 +375,6 @@ mod tests {
     use crate::testutil::TempDir;
 
     #[test]
-    fn qmail_home_override() {
-        let cases: &[(Option<&str>, &str)] = &[
-            (None, "/var/qmail"),
-            (Some(""), "/var/qmail"),
-            (Some("/opt/qmail"), "/opt/qmail"),
-            (Some("/tmp/q/"), "/tmp/q/"),
-        ];
-        for (value, want) in cases {
-            assert_eq!(qmail_home(value.map(OsStr::new)), PathBuf::from(want), "{value:?}");
-        }
-    }
-
-    #[test]
     fn first_line_table() {
         let cases: &[(&[u8], &[u8])] = &[
             (b"", b""),
@@ -532,15 +495,6 @@ mod tests {
         assert_eq!(c.tls_strictness, TlsStrictness::Opportunistic);
         assert_eq!(c.trust_anchors, None);
         assert_eq!(c.client_identity, None);
-        assert_eq!(c.home, dir.path());
-    }
-
-    #[test]
-    fn loads_from_the_qmailhome_value() {
-        let dir = home_with(&[("me", b"home.example\n")]);
-        let home = qmail_home(Some(dir.path().as_os_str()));
-        let c = Control::load(&home).expect("load");
-        assert_eq!(c.helohost, "home.example");
         assert_eq!(c.home, dir.path());
     }
 

@@ -11,7 +11,7 @@
 //! 3. where the program lies: `<home>/bin`, when `<home>/control` is a
 //!    directory (so that `/usr/local/bin/qmail-remote` does not make
 //!    `/usr/local` a qmail home);
-//! 4. [`DEFAULT_QMAILHOME`], when neither 2 nor 3 says anything (run by
+//! 4. `DEFAULT_QMAILHOME`, when neither 2 nor 3 says anything (run by
 //!    hand from elsewhere).
 //!
 //! When 2 and 3 both name a home and they differ, there is no safe choice:
@@ -23,9 +23,6 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::control::{CONTROL_DIR, DEFAULT_QMAILHOME};
-
-/// Where qmail-rspawn starts qmail-remote, relative to the home.
-pub const RSPAWN_CWD: &str = "queue/mess";
 
 /// The working directory and the program's location name different homes.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -45,7 +42,7 @@ pub enum HomeError {
 }
 
 /// The home for a working directory `<home>/queue/mess`, if it is one.
-pub fn home_of_cwd(cwd: &Path) -> Option<PathBuf> {
+pub(crate) fn home_of_cwd(cwd: &Path) -> Option<PathBuf> {
     let mess = cwd.file_name()?;
     let queue = cwd.parent()?;
     (mess == "mess" && queue.file_name()? == "queue").then(|| queue.parent().map(Path::to_path_buf))?
@@ -53,7 +50,7 @@ pub fn home_of_cwd(cwd: &Path) -> Option<PathBuf> {
 
 /// The home for a program at `<home>/bin/<name>`, if its parent is `bin`
 /// (whether `<home>/control` exists is checked by the caller).
-pub fn home_of_program(program: &Path) -> Option<PathBuf> {
+pub(crate) fn home_of_program(program: &Path) -> Option<PathBuf> {
     let bin = program.parent()?;
     (bin.file_name()? == "bin").then(|| bin.parent().map(Path::to_path_buf))?
 }

@@ -24,7 +24,7 @@ use thiserror::Error;
 use crate::control;
 
 /// `control/ipme`, relative to the qmail home.
-pub const IPME_PATH: &str = "control/ipme";
+pub(crate) const IPME_PATH: &str = "control/ipme";
 
 /// A line of `ipme` that is not an address.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -110,7 +110,7 @@ impl Ipme {
     }
 
     /// The addresses of the network interfaces.
-    pub fn detect() -> Result<Ipme, IpmeError> {
+    pub(crate) fn detect() -> Result<Ipme, IpmeError> {
         let addrs = nix::ifaddrs::getifaddrs().map_err(IpmeError::Detect)?.filter_map(|ifa| {
             let sa = ifa.address?;
             if let Some(v4) = sa.as_sockaddr_in() {

@@ -12,7 +12,7 @@
 //! * [`ipme`]: the local addresses, from `control/ipme` or detected ([`Ipme`]).
 //! * [`report`]: the records qmail-remote writes for qmail-rspawn, with stock
 //!   qmail's wording ([`Report`], [`Final`]), and qmail-rspawn's reading of
-//!   them ([`report::parse_report`]).
+//!   them (`report::parse_report`, with the `test-support` feature).
 //! * [`address`]: envelope addresses as they go into `MAIL FROM` and
 //!   `RCPT TO` ([`address::encode_sender`], [`address::encode_recipient`]).
 //!
@@ -36,8 +36,8 @@ mod testutil;
 pub use address::{AddressError, SmtpPath};
 pub use control::{Control, ControlError, NoTrustAnchors, TlsStrictness};
 pub use ipme::{Ipme, IpmeError};
-pub use report::{Final, RemoteText, Report, Verdict};
-pub use routes::{Relay, Route, RouteTable, Routes, RoutesError};
+pub use report::{Disposition, Final, RemoteText, Report};
+pub use routes::{RelayHost, Route, RouteTable, Routes, RoutesError};
 pub use tcpto::{Tcpto, TcptoError};
 
 /// Directory, relative to `$QMAILHOME`, that qmail-remote owns at run time:

@@ -76,15 +76,15 @@ use thiserror::Error;
 use crate::control;
 
 /// The default SMTP port.
-pub const SMTP_PORT: u16 = 25;
+pub(crate) const SMTP_PORT: u16 = 25;
 /// `control/smtproutes`, relative to the qmail home.
-pub const SMTPROUTES: &str = "control/smtproutes";
+pub(crate) const SMTPROUTES: &str = "control/smtproutes";
 /// The compiled routes, in [`crate::RUN_DIR`].
-pub const CDB_NAME: &str = "smtproutes.cdb";
+pub(crate) const CDB_NAME: &str = "smtproutes.cdb";
 /// The lock serialising rebuilds, in [`crate::RUN_DIR`].
-pub const LOCK_NAME: &str = "smtproutes.lock";
+pub(crate) const LOCK_NAME: &str = "smtproutes.lock";
 /// The temporary file a rebuild writes, in [`crate::RUN_DIR`].
-pub const TMP_NAME: &str = "smtproutes.cdb.tmp";
+pub(crate) const TMP_NAME: &str = "smtproutes.cdb.tmp";
 
 const FORMAT_KEY: &[u8] = b"\0format";
 const FORMAT_VALUE: &[u8] = b"chainmail-smtproutes 1";
@@ -96,9 +96,9 @@ const MAX_DOMAIN: usize = 255;
 
 /// Where a route sends the mail.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Relay {
+pub enum RelayHost {
     /// A host name, lowercased: connect to its addresses (no MX lookup).
-    Host(String),
+    Name(String),
     /// An address literal.
     Ip(IpAddr),
 }
@@ -107,7 +107,7 @@ pub enum Relay {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
     /// The relay.
-    pub relay: Relay,
+    pub relay: RelayHost,
     /// The port, 25 unless given.
     pub port: u16,
 }
@@ -116,8 +116,8 @@ impl fmt::Display for Route {
     /// The canonical text, which re-parses to the same route.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.relay {
-            Relay::Host(h) => write!(f, "{h}:{}", self.port),
-            Relay::Ip(ip) => write!(f, "[{ip}]:{}", self.port),
+            RelayHost::Name(h) => write!(f, "{h}:{}", self.port),
+            RelayHost::Ip(ip) => write!(f, "[{ip}]:{}", self.port),
         }
     }
 }
@@ -148,7 +148,7 @@ pub fn parse_relay(value: &[u8]) -> Result<Option<Route>, &'static str> {
             [b':', port @ ..] => parse_port(port)?,
             _ => return Err("unexpected text after the address literal"),
         };
-        (Relay::Ip(ip), port)
+        (RelayHost::Ip(ip), port)
     } else {
         let (host, port) = match value.iter().position(|&b| b == b':') {
             Some(i) => (&value[..i], parse_port(&value[i + 1..])?),
@@ -186,12 +186,12 @@ fn parse_port(digits: &[u8]) -> Result<u16, &'static str> {
     }
 }
 
-fn parse_host(host: &[u8]) -> Result<Relay, &'static str> {
+fn parse_host(host: &[u8]) -> Result<RelayHost, &'static str> {
     if host.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
         return std::str::from_utf8(host)
             .ok()
             .and_then(|s| s.parse::<Ipv4Addr>().ok())
-            .map(|v4| Relay::Ip(IpAddr::V4(v4)))
+            .map(|v4| RelayHost::Ip(IpAddr::V4(v4)))
             .ok_or("invalid IPv4 address");
     }
     if host.len() > MAX_DOMAIN {
@@ -206,7 +206,7 @@ fn parse_host(host: &[u8]) -> Result<Relay, &'static str> {
     if !labels_ok {
         return Err("invalid relay host name");
     }
-    Ok(Relay::Host(String::from_utf8_lossy(host).to_ascii_lowercase()))
+    Ok(RelayHost::Name(String::from_utf8_lossy(host).to_ascii_lowercase()))
 }
 
 /// Checks a domain key and returns it lowercased.
@@ -222,7 +222,7 @@ fn parse_domain(key: &[u8]) -> Result<Vec<u8>, &'static str> {
 
 /// The keys to try for `host`, in order: the host, each suffix starting at a
 /// dot (longest first), the default route `""`. The host must be lowercased.
-pub fn lookup_keys(host: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn lookup_keys(host: &[u8]) -> impl Iterator<Item = &[u8]> {
     let suffixes = (1..host.len()).filter(move |&i| host[i] == b'.').map(move |i| &host[i..]);
     let first = (!host.is_empty()).then_some(host);
     first.into_iter().chain(suffixes).chain(std::iter::once(&b""[..]))
@@ -511,7 +511,7 @@ impl Routes {
     }
 
     /// The routes of the text file `text_path`, compiled in `run_dir`.
-    pub fn open_at(text_path: &Path, run_dir: &Path) -> Result<Routes, RoutesError> {
+    pub(crate) fn open_at(text_path: &Path, run_dir: &Path) -> Result<Routes, RoutesError> {
         let cdb_path = run_dir.join(CDB_NAME);
         let read_err = |source| RoutesError::Read { path: text_path.to_path_buf(), source };
         let mut file = match File::open(text_path) {
@@ -580,11 +580,11 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn host(h: &str, port: u16) -> Option<Route> {
-        Some(Route { relay: Relay::Host(h.to_string()), port })
+        Some(Route { relay: RelayHost::Name(h.to_string()), port })
     }
 
     fn ip(a: &str, port: u16) -> Option<Route> {
-        Some(Route { relay: Relay::Ip(a.parse().expect("test address")), port })
+        Some(Route { relay: RelayHost::Ip(a.parse().expect("test address")), port })
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! qmail-remote does not wait on them again for every message.
 //!
 //! The rules are stock qmail's `tcpto.c`, as pure functions over a record
-//! array ([`should_skip`], [`update`]) plus thin file I/O ([`Tcpto`]):
+//! array ([`should_skip`], `update`) plus thin file I/O ([`Tcpto`]):
 //!
 //! * An address is skipped when its error count is at least 2 and its last
 //!   error is less than `(60 + (pid & 31)) << 6` seconds old (3840 to 5824
@@ -50,19 +50,19 @@ use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
 /// The IPv4 file, relative to the qmail home.
-pub const TCPTO_PATH: &str = "queue/lock/tcpto";
+pub(crate) const TCPTO_PATH: &str = "queue/lock/tcpto";
 /// The IPv6 file, in [`crate::RUN_DIR`].
-pub const TCPTO6_NAME: &str = "tcpto6";
+pub(crate) const TCPTO6_NAME: &str = "tcpto6";
 /// Records in each file.
-pub const RECORDS: usize = 64;
+pub(crate) const RECORDS: usize = 64;
 /// Bytes per IPv4 record.
-pub const RECORD4_LEN: usize = 16;
+pub(crate) const RECORD4_LEN: usize = 16;
 /// Bytes per IPv6 record.
-pub const RECORD6_LEN: usize = 32;
+pub(crate) const RECORD6_LEN: usize = 32;
 /// The highest error count.
-pub const MAX_COUNT: u8 = 10;
+pub(crate) const MAX_COUNT: u8 = 10;
 /// Timeouts closer than this to the last recorded one are not counted.
-pub const DEDUP_SECONDS: u64 = 120;
+pub(crate) const DEDUP_SECONDS: u64 = 120;
 
 /// One address's history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub struct Record<A> {
 
 /// How long an address with two or more timeouts is skipped, for a process
 /// with id `pid`: `(60 + (pid & 31)) << 6` seconds.
-pub fn skip_window(pid: u32) -> u64 {
+pub(crate) fn skip_window(pid: u32) -> u64 {
     (60 + u64::from(pid & 31)) << 6
 }
 
@@ -94,7 +94,12 @@ pub fn should_skip<A: PartialEq>(records: &[Record<A>], ip: &A, now: u64, pid: u
 /// Records the result of a connection attempt to `ip` at time `now`:
 /// `timed_out` is true only for a connect timeout. Returns the index of the
 /// record to write back, if any changed.
-pub fn update<A: PartialEq + Copy>(records: &mut [Record<A>], ip: A, now: u64, timed_out: bool) -> Option<usize> {
+pub(crate) fn update<A: PartialEq + Copy>(
+    records: &mut [Record<A>],
+    ip: A,
+    now: u64,
+    timed_out: bool,
+) -> Option<usize> {
     if let Some(i) = records.iter().position(|r| r.ip == ip) {
         let r = &mut records[i];
         if !timed_out {
@@ -127,7 +132,7 @@ pub fn update<A: PartialEq + Copy>(records: &mut [Record<A>], ip: A, now: u64, t
 }
 
 /// Decodes an IPv4 file: one record per whole 16 bytes, at most 64.
-pub fn decode4(buf: &[u8]) -> Vec<Record<Ipv4Addr>> {
+pub(crate) fn decode4(buf: &[u8]) -> Vec<Record<Ipv4Addr>> {
     buf.chunks_exact(RECORD4_LEN)
         .take(RECORDS)
         .map(|r| Record {
@@ -140,7 +145,7 @@ pub fn decode4(buf: &[u8]) -> Vec<Record<Ipv4Addr>> {
 
 /// Encodes an IPv4 record. The time is truncated to 32 bits, as in stock
 /// qmail.
-pub fn encode4(r: &Record<Ipv4Addr>) -> [u8; RECORD4_LEN] {
+pub(crate) fn encode4(r: &Record<Ipv4Addr>) -> [u8; RECORD4_LEN] {
     let mut b = [0; RECORD4_LEN];
     b[..4].copy_from_slice(&r.ip.octets());
     b[4] = r.count;
@@ -149,7 +154,7 @@ pub fn encode4(r: &Record<Ipv4Addr>) -> [u8; RECORD4_LEN] {
 }
 
 /// Decodes an IPv6 file, padded with empty records to 64.
-pub fn decode6(buf: &[u8]) -> Vec<Record<Ipv6Addr>> {
+pub(crate) fn decode6(buf: &[u8]) -> Vec<Record<Ipv6Addr>> {
     let mut records: Vec<_> = buf
         .chunks_exact(RECORD6_LEN)
         .take(RECORDS)
@@ -166,7 +171,7 @@ pub fn decode6(buf: &[u8]) -> Vec<Record<Ipv6Addr>> {
 }
 
 /// Encodes an IPv6 record.
-pub fn encode6(r: &Record<Ipv6Addr>) -> [u8; RECORD6_LEN] {
+pub(crate) fn encode6(r: &Record<Ipv6Addr>) -> [u8; RECORD6_LEN] {
     let mut b = [0; RECORD6_LEN];
     b[..16].copy_from_slice(&r.ip.octets());
     b[16] = r.count;
@@ -232,18 +237,15 @@ impl Tcpto {
         Tcpto { v4: home.join(TCPTO_PATH), v6: home.join(crate::RUN_DIR).join(TCPTO6_NAME) }
     }
 
-    /// Explicit paths, for tests and tools.
-    pub fn with_paths(v4: PathBuf, v6: PathBuf) -> Tcpto {
-        Tcpto { v4, v6 }
-    }
-
     /// The IPv4 file.
-    pub fn v4_path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn v4_path(&self) -> &Path {
         &self.v4
     }
 
     /// The IPv6 file.
-    pub fn v6_path(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn v6_path(&self) -> &Path {
         &self.v6
     }
 
@@ -285,7 +287,7 @@ impl Tcpto {
         }
     }
 
-    /// Records the result of a connection attempt (see [`update`]). A
+    /// Records the result of a connection attempt (see `update`). A
     /// missing IPv4 file is left missing; the IPv6 file is created when a
     /// timeout is to be recorded.
     pub fn record(&self, ip: IpAddr, now: u64, timed_out: bool) -> Result<(), TcptoError> {

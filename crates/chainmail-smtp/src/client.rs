@@ -4,12 +4,12 @@
 //! bytes ([`Client::server_data`]) and events (EOF, timeout, the outcome
 //! of a TLS handshake, the end of the message body), writes what
 //! [`Client::output`] holds, and acts on [`Client::status`]: start TLS,
-//! stream the message, or stop with an [`Outcome`].
+//! stream the message, or stop with an [`AttemptEnd`].
 //!
 //! The outcome says either that this server should be left for the next
 //! one (nothing was committed: a `4xx` greeting, a failed EHLO, a
 //! connection lost before `MAIL`), or that the attempt is final, with one
-//! result per recipient and a [`Verdict`]. [`Verdict::is_permanent`] is the
+//! result per recipient and a [`MessageResult`]. [`MessageResult::is_permanent`] is the
 //! one place that decides between a bounce and a retry.
 
 use crate::data::MessageFacts;
@@ -24,8 +24,8 @@ pub enum TlsWish {
     /// it, go on in plaintext on the same connection.
     Try,
     /// STARTTLS or nothing: a server that does not offer it, or refuses it,
-    /// ends the attempt with [`Outcome::NoStartTls`] or
-    /// [`Outcome::TlsFailed`].
+    /// ends the attempt with [`AttemptEnd::NoStartTls`] or
+    /// [`AttemptEnd::TlsFailed`].
     Require,
 }
 
@@ -48,7 +48,7 @@ pub struct Attempt {
 
 /// The extensions a server announced in its EHLO reply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Extensions {
+pub(crate) struct Extensions {
     /// RFC 2920.
     pub pipelining: bool,
     /// RFC 3207.
@@ -64,7 +64,7 @@ pub struct Extensions {
 impl Extensions {
     /// Reads the keywords of an EHLO reply (its first line is the server's
     /// name and is skipped).
-    pub fn from_ehlo(reply: &Reply) -> Extensions {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Extensions {
         let mut ext = Extensions::default();
         for line in reply.lines.iter().skip(1) {
             let text = String::from_utf8_lossy(line);
@@ -118,9 +118,10 @@ pub enum RcptResult {
     NotTried,
 }
 
-/// How a committed attempt ended.
+/// What became of the message in a committed attempt (the counterpart of
+/// [`RcptResult`] for the whole message).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum MessageResult {
     /// 2xx after the final dot: the server took the message.
     Delivered(Reply),
     /// The greeting was not 220 nor 4xx.
@@ -163,31 +164,33 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
+impl MessageResult {
     /// Whether this ends the delivery for good (a bounce). Everything not
     /// provably permanent is temporary: a temporary problem must never be
     /// reported as a permanent one.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Verdict::Delivered(_) => false,
-            Verdict::SenderRejected(r) | Verdict::DataRejected(r) | Verdict::MessageRejected(r) => r.is_permanent(),
-            Verdict::NoRecipients { any_temporary } => !any_temporary,
-            Verdict::TooBig { .. } | Verdict::NeedsSmtputf8 => true,
+            MessageResult::Delivered(_) => false,
+            MessageResult::SenderRejected(r) | MessageResult::DataRejected(r) | MessageResult::MessageRejected(r) => {
+                r.is_permanent()
+            }
+            MessageResult::NoRecipients { any_temporary } => !any_temporary,
+            MessageResult::TooBig { .. } | MessageResult::NeedsSmtputf8 => true,
             // Stock qmail defers these whatever the code.
-            Verdict::GreetingFailed(_) | Verdict::HeloRejected(_) => false,
-            Verdict::ConnectionDied { .. } | Verdict::Protocol { .. } => false,
+            MessageResult::GreetingFailed(_) | MessageResult::HeloRejected(_) => false,
+            MessageResult::ConnectionDied { .. } | MessageResult::Protocol { .. } => false,
         }
     }
 
     /// Whether the message was delivered.
     pub fn is_delivered(&self) -> bool {
-        matches!(self, Verdict::Delivered(_))
+        matches!(self, MessageResult::Delivered(_))
     }
 }
 
 /// The end of an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptEnd {
     /// Nothing committed: try the next server.
     Skip(Skip),
     /// TLS was required and the server does not offer STARTTLS.
@@ -199,8 +202,8 @@ pub enum Outcome {
     Final {
         /// One result per recipient, in order.
         recipients: Vec<RcptResult>,
-        /// How it ended.
-        verdict: Verdict,
+        /// What became of the message.
+        message: MessageResult,
     },
 }
 
@@ -218,7 +221,7 @@ pub enum Status {
     SendBody,
     /// Write what is left of [`Client::output`] (a `QUIT`) if the
     /// connection still works, and close.
-    Done(Outcome),
+    Done(AttemptEnd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +272,7 @@ pub struct Client {
     pipelined: bool,
     mail_reply: Option<Reply>,
     rcpt: Vec<RcptResult>,
-    outcome: Option<Outcome>,
+    outcome: Option<AttemptEnd>,
 }
 
 impl Client {
@@ -301,16 +304,6 @@ impl Client {
             (None, State::Body) => Status::SendBody,
             _ => Status::Running,
         }
-    }
-
-    /// The extensions of the last EHLO reply.
-    pub fn extensions(&self) -> Extensions {
-        self.ext
-    }
-
-    /// Whether TLS is running on this connection.
-    pub fn tls_active(&self) -> bool {
-        self.tls_active
     }
 
     /// Bytes to send.
@@ -363,11 +356,11 @@ impl Client {
     fn unexpected(&mut self, reply: Reply) {
         self.out.clear();
         if self.before_transaction() {
-            self.finish(Outcome::Skip(Skip::Unexpected(reply)), false);
+            self.finish(AttemptEnd::Skip(Skip::Unexpected(reply)), false);
         } else {
             let detail = format!("a {} reply came before the command it answers", reply.code);
             let after_dot = self.state == State::FinalReply;
-            self.final_verdict(Verdict::Protocol { detail, after_dot }, false);
+            self.conclude(MessageResult::Protocol { detail, after_dot }, false);
         }
     }
 
@@ -375,7 +368,7 @@ impl Client {
         matches!(self.state, State::Greeting | State::Ehlo { .. } | State::Helo | State::StartTls | State::Handshake)
     }
 
-    fn finish(&mut self, outcome: Outcome, quit: bool) {
+    fn finish(&mut self, outcome: AttemptEnd, quit: bool) {
         if quit {
             self.queue(b"QUIT\r\n");
         }
@@ -383,9 +376,9 @@ impl Client {
         self.outcome = Some(outcome);
     }
 
-    fn final_verdict(&mut self, verdict: Verdict, quit: bool) {
+    fn conclude(&mut self, message: MessageResult, quit: bool) {
         let recipients = std::mem::take(&mut self.rcpt);
-        self.finish(Outcome::Final { recipients, verdict }, quit);
+        self.finish(AttemptEnd::Final { recipients, message }, quit);
     }
 
     /// Bytes from the server.
@@ -435,7 +428,7 @@ impl Client {
             _ => "",
         };
         if self.state == State::Handshake && self.attempt.tls == TlsWish::Require {
-            return self.finish(Outcome::TlsFailed(None), false);
+            return self.finish(AttemptEnd::TlsFailed(None), false);
         }
         // The handshake completed and the connection ended before the
         // first reply through TLS: the server rejected our side of TLS. A
@@ -444,23 +437,23 @@ impl Client {
         // the handshake, with an alert or by hanging up. A TLS failure, so
         // that opportunistic TLS falls back to plaintext.
         if self.tls_active && matches!(self.state, State::Ehlo { after_tls: true } | State::Helo) {
-            return self.finish(Outcome::TlsFailed(None), false);
+            return self.finish(AttemptEnd::TlsFailed(None), false);
         }
         if self.before_transaction() {
-            return self.finish(Outcome::Skip(Skip::Died { during, timeout }), false);
+            return self.finish(AttemptEnd::Skip(Skip::Died { during, timeout }), false);
         }
         let after_dot = self.state == State::FinalReply;
-        self.final_verdict(Verdict::ConnectionDied { after_dot, timeout }, false);
+        self.conclude(MessageResult::ConnectionDied { after_dot, timeout }, false);
     }
 
     fn malformed(&mut self, e: ReplyError) {
         if self.before_transaction() {
-            self.finish(Outcome::Skip(Skip::Malformed(e)), true);
+            self.finish(AttemptEnd::Skip(Skip::Malformed(e)), true);
         } else {
             // After the final dot a garbled reply is not a 2xx: the
             // message may or may not have been taken. Defer.
             let after_dot = self.state == State::FinalReply;
-            self.final_verdict(Verdict::Protocol { detail: e.to_string(), after_dot }, true);
+            self.conclude(MessageResult::Protocol { detail: e.to_string(), after_dot }, true);
         }
     }
 
@@ -482,7 +475,7 @@ impl Client {
             self.state = State::Ehlo { after_tls: true };
         } else {
             // The connection is unusable after a failed handshake.
-            self.finish(Outcome::TlsFailed(None), false);
+            self.finish(AttemptEnd::TlsFailed(None), false);
         }
     }
 
@@ -507,14 +500,14 @@ impl Client {
                     self.ext = Extensions::default();
                     self.after_hello();
                 } else {
-                    self.final_verdict(Verdict::HeloRejected(reply), true);
+                    self.conclude(MessageResult::HeloRejected(reply), true);
                 }
             }
             State::StartTls => {
                 if reply.code == 220 {
                     self.state = State::Handshake;
                 } else if self.attempt.tls == TlsWish::Require {
-                    self.finish(Outcome::TlsFailed(Some(reply)), true);
+                    self.finish(AttemptEnd::TlsFailed(Some(reply)), true);
                 } else {
                     // Opportunistic: the server stays in plaintext.
                     self.transaction();
@@ -522,9 +515,12 @@ impl Client {
             }
             State::Transaction { next } => self.transaction_reply(reply, next),
             State::FinalReply => {
-                let verdict =
-                    if reply.is_positive() { Verdict::Delivered(reply) } else { Verdict::MessageRejected(reply) };
-                self.final_verdict(verdict, true);
+                let message = if reply.is_positive() {
+                    MessageResult::Delivered(reply)
+                } else {
+                    MessageResult::MessageRejected(reply)
+                };
+                self.conclude(message, true);
             }
             State::Handshake | State::Body | State::Done => {}
         }
@@ -536,9 +532,9 @@ impl Client {
             self.send(&[b"EHLO ", helo.as_bytes()]);
             self.state = State::Ehlo { after_tls: false };
         } else if reply.is_transient() {
-            self.finish(Outcome::Skip(Skip::Greeting(reply)), true);
+            self.finish(AttemptEnd::Skip(Skip::Greeting(reply)), true);
         } else {
-            self.final_verdict(Verdict::GreetingFailed(reply), true);
+            self.conclude(MessageResult::GreetingFailed(reply), true);
         }
     }
 
@@ -551,7 +547,7 @@ impl Client {
                 self.after_hello();
             }
         } else if reply.is_transient() && !after_tls {
-            self.finish(Outcome::Skip(Skip::Ehlo(reply)), true);
+            self.finish(AttemptEnd::Skip(Skip::Ehlo(reply)), true);
         } else {
             // No ESMTP here (or a refusal after TLS): fall back to HELO.
             let helo = self.attempt.helo.clone();
@@ -569,7 +565,7 @@ impl Client {
             self.send(&[b"STARTTLS"]);
             self.state = State::StartTls;
         } else if self.attempt.tls == TlsWish::Require {
-            self.finish(Outcome::NoStartTls, true);
+            self.finish(AttemptEnd::NoStartTls, true);
         } else {
             self.transaction();
         }
@@ -580,11 +576,11 @@ impl Client {
         let facts = self.attempt.facts;
         if let Some(limit) = self.ext.size {
             if limit > 0 && facts.encoded_size > limit {
-                return self.final_verdict(Verdict::TooBig { size: facts.encoded_size, limit }, true);
+                return self.conclude(MessageResult::TooBig { size: facts.encoded_size, limit }, true);
             }
         }
         if self.attempt.needs_smtputf8 && !self.ext.smtputf8 {
-            return self.final_verdict(Verdict::NeedsSmtputf8, true);
+            return self.conclude(MessageResult::NeedsSmtputf8, true);
         }
         let mut mail = b"MAIL FROM:<".to_vec();
         mail.extend_from_slice(&self.attempt.sender);
@@ -629,11 +625,11 @@ impl Client {
             self.mail_reply = Some(reply);
             if !ok && !self.pipelined {
                 let r = self.mail_reply.take().expect("just set");
-                return self.final_verdict(Verdict::SenderRejected(r), true);
+                return self.conclude(MessageResult::SenderRejected(r), true);
             }
             if ok && !self.pipelined {
                 if n == 0 {
-                    return self.final_verdict(Verdict::NoRecipients { any_temporary: false }, true);
+                    return self.conclude(MessageResult::NoRecipients { any_temporary: false }, true);
                 }
                 self.send_rcpt(0);
             }
@@ -661,7 +657,7 @@ impl Client {
                     self.send(&[b"DATA"]);
                 } else {
                     let any_temporary = self.rcpt.iter().any(|r| matches!(r, RcptResult::Deferred(_)));
-                    self.final_verdict(Verdict::NoRecipients { any_temporary }, true);
+                    self.conclude(MessageResult::NoRecipients { any_temporary }, true);
                 }
             }
             return;
@@ -675,7 +671,7 @@ impl Client {
                 // of the message: it does not follow the dialogue.
                 self.out.clear();
                 let detail = "it sent more after its 354 before the message was sent".to_owned();
-                return self.final_verdict(Verdict::Protocol { detail, after_dot: false }, false);
+                return self.conclude(MessageResult::Protocol { detail, after_dot: false }, false);
             }
             self.state = State::Body;
             return;
@@ -688,13 +684,13 @@ impl Client {
         }
         if !mail_ok {
             let r = self.mail_reply.take().expect("MAIL replied first");
-            return self.final_verdict(Verdict::SenderRejected(r), true);
+            return self.conclude(MessageResult::SenderRejected(r), true);
         }
         if !self.accepted_any() {
             let any_temporary = self.rcpt.iter().any(|r| matches!(r, RcptResult::Deferred(_)));
-            return self.final_verdict(Verdict::NoRecipients { any_temporary }, true);
+            return self.conclude(MessageResult::NoRecipients { any_temporary }, true);
         }
-        self.final_verdict(Verdict::DataRejected(reply), true);
+        self.conclude(MessageResult::DataRejected(reply), true);
     }
 }
 

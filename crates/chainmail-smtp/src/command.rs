@@ -2,7 +2,7 @@
 
 /// A command line split into its verb and its argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CommandLine<'a> {
+pub(crate) struct CommandLine<'a> {
     /// The verb as sent (compare with [`CommandLine::is`]).
     pub verb: &'a [u8],
     /// What follows the verb and one space, without CR/LF; `None` when the
@@ -27,7 +27,7 @@ impl<'a> CommandLine<'a> {
     }
 
     /// Whether an argument other than spaces follows the verb.
-    pub fn has_arg(&self) -> bool {
+    pub(crate) fn has_arg(&self) -> bool {
         self.arg.is_some_and(|a| a.iter().any(|&b| b != b' '))
     }
 }
@@ -35,7 +35,7 @@ impl<'a> CommandLine<'a> {
 /// Whether a command line carries a CR that does not end it, or a NUL:
 /// bytes no honest client puts in a command, and which some servers read
 /// as line ends (the raw material of command injection and smuggling).
-pub fn has_bare_cr_or_nul(line: &[u8]) -> bool {
+pub(crate) fn has_bare_cr_or_nul(line: &[u8]) -> bool {
     let body = crate::reply::strip_eol(line);
     body.iter().any(|&b| b == b'\r' || b == 0)
 }

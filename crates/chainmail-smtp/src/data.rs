@@ -169,7 +169,8 @@ impl MessageScanner {
 
 /// What a message becomes on its way through SMTP: every line end (LF,
 /// CRLF, or a bare CR) a CRLF. A strict server that undoes the DATA
-/// encoding stores exactly this.
+/// encoding stores exactly this. A test oracle (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub fn with_crlf_line_ends(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + msg.len() / 16);
     let mut i = 0;
@@ -191,7 +192,9 @@ pub fn with_crlf_line_ends(msg: &[u8]) -> Vec<u8> {
 /// Undoes the DATA encoding the way a strict server does: lines end at
 /// CRLF only, a leading `.` is removed, the line `.` ends the data.
 /// Returns the message and whatever followed the end of data; `None` if
-/// the end never came. For tests of servers and of the encoder.
+/// the end never came. For tests of servers and of the encoder (feature
+/// `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub fn decode_strict(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     let mut out = Vec::new();
     let mut rest = data;
@@ -209,7 +212,9 @@ pub fn decode_strict(data: &[u8]) -> Option<(Vec<u8>, &[u8])> {
 
 /// Where a lenient server might see the end of data: `.` alone between
 /// any two line ends, where a line end is CRLF, a bare LF or a bare CR.
-/// The encoder's output must never give such a server an early end.
+/// The encoder's output must never give such a server an early end. A test
+/// oracle (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub fn lenient_end_positions(data: &[u8]) -> Vec<usize> {
     let mut ends = Vec::new();
     let is_eol = |i: usize| data[i] == b'\n' || data[i] == b'\r';

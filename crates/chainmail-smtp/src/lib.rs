@@ -4,7 +4,7 @@
 //! so every behaviour can be tested in memory and fed in chunks of any
 //! size.
 //!
-//! * [`line`]: a resumable, bounded line splitter.
+//! * [`line`](mod@line): a resumable, bounded line splitter.
 //! * [`reply`]: reply lines (`250-text`) and whole replies.
 //! * [`command`]: client command lines and their verbs.
 //! * [`data`]: the DATA encoding of a message (dot-stuffing, line ends).

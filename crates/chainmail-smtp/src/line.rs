@@ -5,7 +5,7 @@
 //! memory: the splitter reports it once as [`Line::TooLong`] when its LF
 //! finally arrives, having thrown its bytes away.
 
-/// What [`LineBuffer::next_line`] found.
+/// What `LineBuffer::next_line` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// A complete line, with its LF (and CR if any).
@@ -16,7 +16,7 @@ pub enum Line<'a> {
 
 /// Accumulates bytes and hands out lines.
 #[derive(Debug)]
-pub struct LineBuffer {
+pub(crate) struct LineBuffer {
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     start: usize,
@@ -70,6 +70,7 @@ impl LineBuffer {
     }
 
     /// Bytes buffered but not yet returned as a line.
+    #[cfg(test)]
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.start..]
     }
@@ -80,7 +81,7 @@ impl LineBuffer {
     }
 
     /// Takes the buffered bytes out, leaving the splitter empty.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
+    pub(crate) fn take_buffered(&mut self) -> Vec<u8> {
         self.compact();
         self.skipping = false;
         std::mem::take(&mut self.buf)

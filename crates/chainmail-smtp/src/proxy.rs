@@ -27,7 +27,7 @@ use crate::reply::{MAX_REPLY_LINE, parse_line};
 /// Longest command line accepted before the decision, terminator included.
 /// RFC 5321 allows 512 bytes; extensions (AUTH, long parameter lists) need
 /// more. Longer lines get `500 5.5.2 Line too long`.
-pub const MAX_COMMAND_LINE: usize = 8192;
+pub(crate) const MAX_COMMAND_LINE: usize = 8192;
 
 /// Output waiting in either direction beyond which the proxy stops reading
 /// new commands, so that a client that does not read its replies cannot
@@ -35,36 +35,36 @@ pub const MAX_COMMAND_LINE: usize = 8192;
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 
 /// Commands awaiting their reply beyond which the proxy stops reading.
-pub const MAX_OUTSTANDING: usize = 256;
+pub(crate) const MAX_OUTSTANDING: usize = 256;
 
 /// The replies the proxy makes itself.
 pub mod replies {
     /// STARTTLS accepted; the handshake comes next.
-    pub const READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
+    pub(crate) const READY: &[u8] = b"220 2.0.0 Ready to start TLS\r\n";
     /// NOOP before the decision.
     pub const NOOP: &[u8] = b"250 2.0.0 OK\r\n";
     /// RCPT, DATA or BDAT before MAIL.
     pub const MAIL_FIRST: &[u8] = b"503 5.5.1 MAIL first\r\n";
     /// A verb the proxy does not pass on before the decision.
-    pub const UNRECOGNIZED: &[u8] = b"500 5.5.2 Command not recognized\r\n";
-    /// A command line over [`super::MAX_COMMAND_LINE`].
+    pub(crate) const UNRECOGNIZED: &[u8] = b"500 5.5.2 Command not recognized\r\n";
+    /// A command line over `super::MAX_COMMAND_LINE`.
     pub const TOO_LONG: &[u8] = b"500 5.5.2 Line too long\r\n";
     /// A CR inside a command line, or a NUL.
-    pub const BARE_CR: &[u8] = b"500 5.5.2 Syntax error: bare CR or NUL in command\r\n";
+    pub(crate) const BARE_CR: &[u8] = b"500 5.5.2 Syntax error: bare CR or NUL in command\r\n";
     /// `STARTTLS` with something after it.
-    pub const STARTTLS_ARG: &[u8] = b"501 5.5.4 STARTTLS takes no parameters\r\n";
+    pub(crate) const STARTTLS_ARG: &[u8] = b"501 5.5.4 STARTTLS takes no parameters\r\n";
     /// Bytes after `STARTTLS` in the same packet (CVE-2011-0411).
     pub const PIPELINED_STARTTLS: &[u8] =
         b"554 5.5.1 Commands pipelined after STARTTLS are not allowed; closing connection\r\n";
     /// The smtpd did not accept the RSET that precedes TLS.
-    pub const RESET_FAILED: &[u8] = b"454 4.7.0 TLS not available: the server could not reset\r\n";
+    pub(crate) const RESET_FAILED: &[u8] = b"454 4.7.0 TLS not available: the server could not reset\r\n";
     /// MAIL or AUTH before STARTTLS when TLS is required.
     pub const MUST_STARTTLS: &[u8] = b"530 5.7.0 Must issue a STARTTLS command first\r\n";
     /// The idle timeout passed.
     pub const TIMEOUT: &[u8] = b"421 4.4.2 Timeout; closing connection\r\n";
     /// The smtpd sent something that is not a reply, or went away while
     /// commands were waiting for their replies.
-    pub const SERVER_ERROR: &[u8] = b"421 4.3.0 Local server error; closing connection\r\n";
+    pub(crate) const SERVER_ERROR: &[u8] = b"421 4.3.0 Local server error; closing connection\r\n";
 }
 
 /// How the proxy is configured.

@@ -12,7 +12,7 @@ use crate::line::{Line, LineBuffer};
 
 /// One parsed reply line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyLine<'a> {
+pub(crate) struct ReplyLine<'a> {
     /// The three-digit code.
     pub code: u16,
     /// False for a continuation line (`250-`), true for the final line.
@@ -46,13 +46,13 @@ fn show(line: &[u8]) -> String {
 }
 
 /// Strips a trailing LF and, before it, a CR.
-pub fn strip_eol(line: &[u8]) -> &[u8] {
+pub(crate) fn strip_eol(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Parses one reply line (with or without its terminator).
-pub fn parse_line(line: &[u8]) -> Result<ReplyLine<'_>, ReplyError> {
+pub(crate) fn parse_line(line: &[u8]) -> Result<ReplyLine<'_>, ReplyError> {
     let body = strip_eol(line);
     let malformed = || ReplyError::Malformed(show(line));
     if body.len() < 3 {
@@ -85,12 +85,8 @@ impl Reply {
     pub fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
     }
-    /// 3xx.
-    pub fn is_intermediate(&self) -> bool {
-        (300..400).contains(&self.code)
-    }
     /// 4xx.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
     }
     /// 5xx.
@@ -100,7 +96,8 @@ impl Reply {
 
     /// The reply as the server sent it, one `code text` per line joined by
     /// `\n`, for reports and logs.
-    pub fn to_text(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn to_text(&self) -> String {
         let mut out = String::new();
         for (i, l) in self.lines.iter().enumerate() {
             if i > 0 {
@@ -131,7 +128,7 @@ pub struct ReplyReader {
 }
 
 /// Longest reply line accepted (RFC 5321 says 512; servers exceed it).
-pub const MAX_REPLY_LINE: usize = 8192;
+pub(crate) const MAX_REPLY_LINE: usize = 8192;
 
 impl Default for ReplyReader {
     fn default() -> Self {
@@ -158,13 +155,8 @@ impl ReplyReader {
     }
 
     /// Whether bytes are buffered that do not yet form a reply.
-    pub fn has_partial(&self) -> bool {
+    pub(crate) fn has_partial(&self) -> bool {
         self.current.is_some() || !self.lines.is_empty()
-    }
-
-    /// Takes the bytes buffered after the last complete reply.
-    pub fn take_buffered(&mut self) -> Vec<u8> {
-        self.lines.take_buffered()
     }
 
     /// The next complete reply, an error, or `None` if more bytes are

@@ -25,7 +25,7 @@ pub fn is_open(n: RawFd) -> bool {
 /// How many descriptor numbers (from 0) the inherited set covers. An
 /// inherited descriptor above is never adopted: UCSPI programs get small
 /// numbers.
-pub const INHERITED_LIMIT: usize = 1024;
+pub(crate) const INHERITED_LIMIT: usize = 1024;
 
 /// One bit per descriptor number below [`INHERITED_LIMIT`]: set while the
 /// number names a descriptor nothing in this process owns. Filled with the

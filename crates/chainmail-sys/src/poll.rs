@@ -51,7 +51,7 @@ impl Deadline {
 
     /// A deadline `d` after `start`; never if that instant cannot be
     /// represented (no overflow panic for a huge `d`).
-    pub fn after_from(start: Instant, d: Duration) -> Deadline {
+    pub(crate) fn after_from(start: Instant, d: Duration) -> Deadline {
         Deadline(start.checked_add(d))
     }
 
@@ -72,7 +72,7 @@ impl Deadline {
     }
 
     /// Time left, `None` for a deadline that never passes.
-    pub fn remaining(self) -> Option<Duration> {
+    pub(crate) fn remaining(self) -> Option<Duration> {
         self.0.map(|t| t.saturating_duration_since(Instant::now()))
     }
 
@@ -157,12 +157,14 @@ impl Readiness {
 
     /// A read will not block: it returns data, EOF or an error. A pipe
     /// whose writer closed reports only `hang_up`, not `readable`.
-    pub fn can_read(self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn can_read(self) -> bool {
         self.readable || self.hang_up || self.error
     }
 
     /// A write will not block: it writes, or fails (the reader is gone).
-    pub fn can_write(self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn can_write(self) -> bool {
         self.writable || self.hang_up || self.error
     }
 }

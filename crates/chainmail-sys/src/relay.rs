@@ -11,7 +11,7 @@
 //!   leg's own and from there to the destination, still without entering
 //!   user space. There is no copying fallback for sockets;
 //! - either end is neither a pipe nor a socket (a file, a terminal):
-//!   `read(2)` and `write(2)` through a buffer of [`COPY_BUFFER`] bytes
+//!   `read(2)` and `write(2)` through a buffer of `COPY_BUFFER` bytes
 //!   allocated once for the leg. Such descriptors are rare (tests, a
 //!   terminal while debugging), so they are served rather than refused.
 //!
@@ -47,7 +47,7 @@ use crate::poll::{Deadline, Interest, PollSet, Readiness, Round};
 const CHUNK: usize = 1 << 16;
 
 /// The buffer of a leg that copies (neither end a pipe, not both sockets).
-pub const COPY_BUFFER: usize = 16 * 1024;
+pub(crate) const COPY_BUFFER: usize = 16 * 1024;
 
 /// Transfers per leg and wake-up, at most.
 const STEPS_PER_WAKEUP: usize = 8;
@@ -55,7 +55,7 @@ const STEPS_PER_WAKEUP: usize = 8;
 /// What a leg's source is read into and thrown away while discarding.
 const DISCARD_BUFFER: usize = 16 * 1024;
 
-/// One direction of a relay, as given to [`ByteRelay::with_legs`].
+/// One direction of a relay, as given to `ByteRelay::with_legs`.
 #[derive(Debug)]
 pub struct LegSpec {
     /// Where bytes come from.
@@ -585,7 +585,7 @@ impl<'hook> ByteRelay<'hook> {
 
     /// A relay moving bytes along every leg at once. Every descriptor is
     /// made non-blocking.
-    pub fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<ByteRelay<'hook>> {
+    pub(crate) fn with_legs(specs: impl IntoIterator<Item = LegSpec>) -> io::Result<ByteRelay<'hook>> {
         let legs = specs.into_iter().map(Leg::new).collect::<io::Result<Vec<Leg>>>()?;
         // Each leg waits on at most two registrations.
         let poll = PollSet::with_capacity(2 * legs.len());

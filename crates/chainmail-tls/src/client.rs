@@ -110,16 +110,6 @@ impl TlsPolicy {
         })
     }
 
-    /// Whether STARTTLS is tried at all.
-    pub fn tries_tls(&self) -> bool {
-        *self != TlsPolicy::Off
-    }
-
-    /// Whether the mail must not go out without TLS on this connection.
-    pub fn requires_tls(&self) -> bool {
-        !matches!(self, TlsPolicy::Off | TlsPolicy::Opportunistic)
-    }
-
     /// Builds the client configuration: TLS 1.2 and 1.3 with the aws-lc-rs
     /// provider, no session resumption (one delivery per process), the
     /// verifier of the policy, and `identity` (certificate chain and key
@@ -207,8 +197,6 @@ mod tests {
         for bad in ["", "on", "verify:", "pin:", "pin:abc", "Try", "off "] {
             assert!(TlsPolicy::parse(OsStr::new(bad)).is_err(), "{bad:?}");
         }
-        assert!(!TlsPolicy::Off.tries_tls() && !TlsPolicy::Opportunistic.requires_tls());
-        assert!(TlsPolicy::RequirePinned(pins()).requires_tls());
     }
 
     #[test]

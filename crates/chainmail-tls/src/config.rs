@@ -84,7 +84,7 @@ impl TlsEnv {
 
     /// Captures the variables from `(name, value)` pairs. Empty values
     /// count as unset.
-    pub fn from_vars<I: IntoIterator<Item = (OsString, OsString)>>(vars: I) -> TlsEnv {
+    pub(crate) fn from_vars<I: IntoIterator<Item = (OsString, OsString)>>(vars: I) -> TlsEnv {
         let mut env = TlsEnv::default();
         for (name, value) in vars {
             let Some(name) = name.to_str() else { continue };

@@ -50,7 +50,7 @@ pub fn parse_certificates(data: &[u8]) -> Result<Vec<CertificateDer<'static>>, S
 
 /// Parses the first private key in `data`: PEM (`PRIVATE KEY`,
 /// `RSA PRIVATE KEY`, `EC PRIVATE KEY`) or DER (PKCS#8, PKCS#1, SEC1).
-pub fn parse_private_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+pub(crate) fn parse_private_key(data: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     if is_pem(data) {
         return PrivateKeyDer::from_pem_slice(data).map_err(|e| match e {
             rustls_pki_types::pem::Error::NoItemsFound if data.windows(9).any(|w| w == b"ENCRYPTED") => {

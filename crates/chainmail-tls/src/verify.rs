@@ -103,15 +103,18 @@ impl Pin {
         }
     }
 
-    /// The SHA-512 pin of a certificate.
-    pub fn certificate_sha512(der: &[u8]) -> Pin {
+    /// The SHA-512 pin of a certificate (for the tests).
+    #[cfg(test)]
+    pub(crate) fn certificate_sha512(der: &[u8]) -> Pin {
         let mut out = [0u8; 64];
         out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, der).as_ref());
         Pin::CertificateSha512(out)
     }
 
-    /// The SubjectPublicKeyInfo pin of a certificate, if it can be read.
-    pub fn spki_sha256(der: &[u8]) -> Option<Pin> {
+    /// The SubjectPublicKeyInfo pin of a certificate, if it can be read (for
+    /// the tests).
+    #[cfg(test)]
+    pub(crate) fn spki_sha256(der: &[u8]) -> Option<Pin> {
         let spki = crate::x509::subject_public_key_info(der)?;
         let mut out = [0u8; 32];
         out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki).as_ref());

@@ -53,7 +53,7 @@ impl Command {
     }
 
     /// The command a byte stands for.
-    pub const fn from_byte(b: u8) -> Option<Command> {
+    pub(crate) const fn from_byte(b: u8) -> Option<Command> {
         match b {
             b'y' => Some(Command::Tls),
             b'Y' => Some(Command::TlsWithInfo),
@@ -63,14 +63,14 @@ impl Command {
     }
 
     /// Whether the engine sends the connection information back.
-    pub const fn wants_info(self) -> bool {
+    pub(crate) const fn wants_info(self) -> bool {
         !matches!(self, Command::Tls)
     }
 }
 
 /// Most bytes of a handover message (the idle timeout and what the engine
 /// must send to the client first).
-pub const MAX_HANDOVER: usize = 1 << 20;
+pub(crate) const MAX_HANDOVER: usize = 1 << 20;
 
 /// How long an engine waits for the handover message after the record.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(10);
@@ -110,7 +110,7 @@ pub struct Handover {
 
 /// The handover message: the idle timeout in milliseconds (0 for none,
 /// 8 bytes big-endian), then the bytes for the client.
-pub fn encode_handover(idle: Option<Duration>, to_client: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_handover(idle: Option<Duration>, to_client: &[u8]) -> Vec<u8> {
     let idle_ms = idle.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     let mut m = idle_ms.to_be_bytes().to_vec();
     m.extend_from_slice(to_client);
@@ -118,7 +118,7 @@ pub fn encode_handover(idle: Option<Duration>, to_client: &[u8]) -> Vec<u8> {
 }
 
 /// Reads a handover message: `(idle timeout, bytes for the client)`.
-pub fn decode_handover(message: &[u8]) -> Option<(Option<Duration>, &[u8])> {
+pub(crate) fn decode_handover(message: &[u8]) -> Option<(Option<Duration>, &[u8])> {
     let (head, rest) = message.split_first_chunk::<8>()?;
     let idle_ms = u64::from_be_bytes(*head);
     Some(((idle_ms > 0).then(|| Duration::from_millis(idle_ms)), rest))

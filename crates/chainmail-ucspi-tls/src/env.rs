@@ -68,7 +68,7 @@ pub enum EnvError {
 
 /// Parses a descriptor number the way skalibs does: decimal digits only,
 /// no sign, no spaces, and it must fit an `int`.
-pub fn parse_fd_number(value: &OsStr) -> Option<RawFd> {
+pub(crate) fn parse_fd_number(value: &OsStr) -> Option<RawFd> {
     let s = value.to_str()?;
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;

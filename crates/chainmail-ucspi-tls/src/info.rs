@@ -7,7 +7,7 @@
 //! back with [`InfoRecord::decode`].
 
 /// Most bytes of a record an application accepts.
-pub const MAX_RECORD: usize = 64 * 1024;
+pub(crate) const MAX_RECORD: usize = 64 * 1024;
 
 /// What the engine tells the application about an established session.
 /// Every field is text, as it travels; `None` is "unset".

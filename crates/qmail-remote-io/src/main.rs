@@ -21,8 +21,8 @@ use std::time::Duration;
 use chainmail_qmail::address::{encode_recipient, encode_sender};
 use chainmail_qmail::remote_io;
 use chainmail_qmail::report::fmt_ip;
-use chainmail_qmail::{Final, RemoteText, Report, Verdict as Letter};
-use chainmail_smtp::client::{Attempt, Client, Outcome, RcptResult, Skip, Status, TlsWish, Verdict};
+use chainmail_qmail::{Disposition, Final, RemoteText, Report};
+use chainmail_smtp::client::{Attempt, AttemptEnd, Client, MessageResult, RcptResult, Skip, Status, TlsWish};
 use chainmail_smtp::data::{DataEncoder, MessageFacts};
 use chainmail_smtp::reply::Reply;
 use chainmail_sys::{cli, fd};
@@ -137,36 +137,36 @@ fn only(final_record: Final, code: i32) -> Ending {
 }
 
 fn temporary(text: String) -> Final {
-    Final::custom(Letter::Deferred, text.as_bytes())
+    Final::custom(Disposition::Deferred, text.as_bytes())
 }
 
-/// Turns the verdict of a committed attempt into the final record. Whether
-/// it is a `D` or a `Z` comes from `Verdict::is_permanent`, nowhere else.
-fn final_record(ip: std::net::IpAddr, verdict: &Verdict) -> Final {
-    let permanent = verdict.is_permanent();
+/// Turns what became of the message in a committed attempt into the final record. Whether
+/// it is a `D` or a `Z` comes from `MessageResult::is_permanent`, nowhere else.
+fn final_record(ip: std::net::IpAddr, message: &MessageResult) -> Final {
+    let permanent = message.is_permanent();
     let at = fmt_ip(ip);
-    match verdict {
-        Verdict::Delivered(r) => Final::accepted(ip, &remote_text(r)),
-        Verdict::GreetingFailed(r) => Final::greeting_failed(ip, &remote_text(r)),
-        Verdict::HeloRejected(r) => Final::helo_rejected(ip, &remote_text(r)),
-        Verdict::SenderRejected(r) => Final::sender_rejected(ip, permanent, &remote_text(r)),
-        Verdict::NoRecipients { .. } => Final::giving_up(ip, permanent),
-        Verdict::DataRejected(r) => Final::data_failed(ip, permanent, &remote_text(r)),
-        Verdict::MessageRejected(r) => Final::message_failed(ip, permanent, &remote_text(r)),
-        Verdict::TooBig { size, limit } => Final::custom(
-            Letter::failure(permanent),
+    match message {
+        MessageResult::Delivered(r) => Final::accepted(ip, &remote_text(r)),
+        MessageResult::GreetingFailed(r) => Final::greeting_failed(ip, &remote_text(r)),
+        MessageResult::HeloRejected(r) => Final::helo_rejected(ip, &remote_text(r)),
+        MessageResult::SenderRejected(r) => Final::sender_rejected(ip, permanent, &remote_text(r)),
+        MessageResult::NoRecipients { .. } => Final::giving_up(ip, permanent),
+        MessageResult::DataRejected(r) => Final::data_failed(ip, permanent, &remote_text(r)),
+        MessageResult::MessageRejected(r) => Final::message_failed(ip, permanent, &remote_text(r)),
+        MessageResult::TooBig { size, limit } => Final::custom(
+            Disposition::failure(permanent),
             format!("Sorry, the message is {size} bytes and {at} takes at most {limit}. (#5.3.4)\n").as_bytes(),
         ),
-        Verdict::NeedsSmtputf8 => Final::custom(
-            Letter::failure(permanent),
+        MessageResult::NeedsSmtputf8 => Final::custom(
+            Disposition::failure(permanent),
             format!("Sorry, an address of this message needs SMTPUTF8, which {at} does not offer. (#5.6.7)\n")
                 .as_bytes(),
         ),
-        Verdict::ConnectionDied { after_dot, .. } => Final::connection_died(ip, *after_dot),
-        Verdict::Protocol { detail, after_dot } => {
+        MessageResult::ConnectionDied { after_dot, .. } => Final::connection_died(ip, *after_dot),
+        MessageResult::Protocol { detail, after_dot } => {
             let dup = if *after_dot { "Possible duplicate! " } else { "" };
             Final::custom(
-                Letter::failure(permanent),
+                Disposition::failure(permanent),
                 format!("Connected to {at} but it broke the SMTP protocol: {detail}. {dup}(#4.4.2)\n").as_bytes(),
             )
         }
@@ -384,23 +384,25 @@ fn run(o: &Options) -> Ending {
     conn.close(&last, Duration::from_secs(5));
     let at = fmt_ip(ip);
     match outcome {
-        Outcome::Skip(s) => only(temporary(skip_text(ip, &s)), remote_io::EXIT_NEXT),
-        Outcome::NoStartTls => only(temporary(format!("{at} does not offer STARTTLS.")), remote_io::EXIT_NO_STARTTLS),
-        Outcome::TlsFailed(Some(r)) => only(
+        AttemptEnd::Skip(s) => only(temporary(skip_text(ip, &s)), remote_io::EXIT_NEXT),
+        AttemptEnd::NoStartTls => {
+            only(temporary(format!("{at} does not offer STARTTLS.")), remote_io::EXIT_NO_STARTTLS)
+        }
+        AttemptEnd::TlsFailed(Some(r)) => only(
             temporary(format!("{at} refused STARTTLS.\nRemote host said: {}", text_of(&r))),
             remote_io::EXIT_TLS_FAILED,
         ),
-        Outcome::TlsFailed(None) => only(
+        AttemptEnd::TlsFailed(None) => only(
             temporary(format!("TLS with {at} failed: {}.", tls_error.unwrap_or_else(|| "connection lost".into()))),
             remote_io::EXIT_TLS_FAILED,
         ),
-        Outcome::Final { recipients, verdict } => {
-            let mut last = final_record(ip, &verdict);
-            if let (true, Some(t)) = (verdict.is_delivered(), tls) {
+        AttemptEnd::Final { recipients, message } => {
+            let mut last = final_record(ip, &message);
+            if let (true, Some(t)) = (message.is_delivered(), tls) {
                 // Say how it was protected; qmail-send logs it.
                 let mut text = last.text().to_vec();
                 text.extend_from_slice(format!("TLS: {t}\n").as_bytes());
-                last = Final::custom(Letter::Delivered, &text);
+                last = Final::custom(Disposition::Delivered, &text);
             }
             Ending { records: records(ip, &valid, &recipients, last), code: remote_io::EXIT_FINAL }
         }
@@ -495,27 +497,27 @@ mod tests {
     }
 
     #[test]
-    fn every_verdict_has_the_letter_its_classification_says() {
+    fn every_message_result_has_the_letter_its_classification_says() {
         let ip = "192.0.2.1".parse().expect("ip");
         let r = |c| Reply { code: c, lines: vec![b"x".to_vec()] };
-        let verdicts = [
-            Verdict::Delivered(r(250)),
-            Verdict::GreetingFailed(r(554)),
-            Verdict::HeloRejected(r(550)),
-            Verdict::SenderRejected(r(550)),
-            Verdict::SenderRejected(r(451)),
-            Verdict::NoRecipients { any_temporary: true },
-            Verdict::NoRecipients { any_temporary: false },
-            Verdict::DataRejected(r(554)),
-            Verdict::DataRejected(r(250)),
-            Verdict::MessageRejected(r(552)),
-            Verdict::MessageRejected(r(451)),
-            Verdict::TooBig { size: 10, limit: 5 },
-            Verdict::NeedsSmtputf8,
-            Verdict::ConnectionDied { after_dot: true, timeout: false },
-            Verdict::Protocol { detail: "x".into(), after_dot: true },
+        let messages = [
+            MessageResult::Delivered(r(250)),
+            MessageResult::GreetingFailed(r(554)),
+            MessageResult::HeloRejected(r(550)),
+            MessageResult::SenderRejected(r(550)),
+            MessageResult::SenderRejected(r(451)),
+            MessageResult::NoRecipients { any_temporary: true },
+            MessageResult::NoRecipients { any_temporary: false },
+            MessageResult::DataRejected(r(554)),
+            MessageResult::DataRejected(r(250)),
+            MessageResult::MessageRejected(r(552)),
+            MessageResult::MessageRejected(r(451)),
+            MessageResult::TooBig { size: 10, limit: 5 },
+            MessageResult::NeedsSmtputf8,
+            MessageResult::ConnectionDied { after_dot: true, timeout: false },
+            MessageResult::Protocol { detail: "x".into(), after_dot: true },
         ];
-        for v in verdicts {
+        for v in messages {
             let f = final_record(ip, &v);
             let want = if v.is_delivered() {
                 b'K'
@@ -524,7 +526,7 @@ mod tests {
             } else {
                 b'Z'
             };
-            assert_eq!(f.verdict().letter(), want, "{v:?}");
+            assert_eq!(f.disposition().letter(), want, "{v:?}");
         }
     }
 }

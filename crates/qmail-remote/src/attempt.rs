@@ -128,7 +128,7 @@ pub fn run(job: &Job<'_>, target: &Target, policy: &TlsPolicy, sock: OwnedFd) ->
         Err(e) => {
             // Nothing ran on the connection: nothing was sent.
             return Attempted::Final(crate::report_of(chainmail_qmail::Final::custom(
-                chainmail_qmail::Verdict::Deferred,
+                chainmail_qmail::Disposition::Deferred,
                 format!("Unable to run {}: {e}; nothing was sent. (#4.3.0)\n", job.program.display()).as_bytes(),
             )));
         }
@@ -173,7 +173,7 @@ pub fn run(job: &Job<'_>, target: &Target, policy: &TlsPolicy, sock: OwnedFd) ->
 /// qmail-remote-io died after the final dot, we cannot know: say so.
 fn crashed(what: &str) -> Vec<u8> {
     crate::report_of(chainmail_qmail::Final::custom(
-        chainmail_qmail::Verdict::Deferred,
+        chainmail_qmail::Disposition::Deferred,
         format!("{what}; the message may have been delivered. (#4.3.0)\n").as_bytes(),
     ))
 }

@@ -22,7 +22,7 @@ use chainmail_dns::Cut;
 use chainmail_qmail::address::{encode_recipient, encode_sender};
 use chainmail_qmail::control::Control;
 use chainmail_qmail::tcpto::{Tcpto, unix_now};
-use chainmail_qmail::{Final, Report, Verdict};
+use chainmail_qmail::{Disposition, Final, Report};
 use chainmail_smtp::data::MessageFacts;
 use chainmail_tls::TlsPolicy;
 
@@ -71,7 +71,7 @@ fn scan_message() -> Result<MessageFacts, Final> {
 /// The TLS policies of the passes over the addresses, from
 /// `control/tlsstrictness` and `control/trustanchors`.
 fn passes(control: &Control) -> Result<Vec<TlsPolicy>, Final> {
-    control.tls_passes().map_err(|e| Final::custom(Verdict::Deferred, format!("{e}. (#4.3.0)\n").as_bytes()))
+    control.tls_passes().map_err(|e| Final::custom(Disposition::Deferred, format!("{e}. (#4.3.0)\n").as_bytes()))
 }
 
 /// The most connections one delivery opens (refused and timed-out ones
@@ -175,7 +175,7 @@ fn deliver(job: &Job<'_>, targets: &[Target], cut: Cut) -> Vec<u8> {
             chainmail_dns::MAX_ADDRESSES_PER_FAMILY
         ));
     }
-    report_of(Final::custom(Verdict::Deferred, text.as_bytes()))
+    report_of(Final::custom(Disposition::Deferred, text.as_bytes()))
 }
 
 /// Refuses, before any connection, an envelope that cannot be sent: a
@@ -212,7 +212,7 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(h) => h,
         Err(e) => {
             return report_of(Final::custom(
-                Verdict::Deferred,
+                Disposition::Deferred,
                 format!("Unable to find the qmail home: {e}. (#4.3.0)\n").as_bytes(),
             ));
         }
@@ -225,7 +225,7 @@ fn run(args: &[OsString]) -> Vec<u8> {
         Ok(p) => p,
         Err(why) => {
             let text = format!("Unable to run qmail-remote-io: {why}; nothing was sent. (#4.3.0)\n");
-            return report_of(Final::custom(Verdict::Deferred, text.as_bytes()));
+            return report_of(Final::custom(Disposition::Deferred, text.as_bytes()));
         }
     };
     let control = match Control::load(&home) {

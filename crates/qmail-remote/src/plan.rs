@@ -8,8 +8,8 @@ use chainmail_dns::{Cut, DnsError, Exchanger, Resolver, Servers};
 use chainmail_qmail::Final;
 use chainmail_qmail::control::Control;
 use chainmail_qmail::ipme::Ipme;
-use chainmail_qmail::report::Verdict;
-use chainmail_qmail::routes::{Relay, Routes};
+use chainmail_qmail::report::Disposition;
+use chainmail_qmail::routes::{RelayHost, Routes};
 
 /// One address to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct Target {
 }
 
 fn temporary(text: String) -> Final {
-    Final::custom(Verdict::Deferred, text.as_bytes())
+    Final::custom(Disposition::Deferred, text.as_bytes())
 }
 
 /// The report for a DNS failure.
@@ -34,7 +34,7 @@ pub fn dns_failure(host: &str, e: &DnsError) -> Final {
             Final::host_not_found(host.as_bytes())
         }
         DnsError::NullMx { .. } => Final::custom(
-            Verdict::Failed,
+            Disposition::Failed,
             format!("Sorry, {host} does not accept mail (it publishes a null MX). (#5.1.10)\n").as_bytes(),
         ),
         DnsError::NoAddresses { .. } => Final::no_mx(),
@@ -94,8 +94,8 @@ pub fn plan(host: &[u8], control: &Control) -> Result<(Vec<Target>, Cut), Final>
         // own addresses (the administrator asked for it).
         Some(route) => {
             let (addrs, name, cut) = match &route.relay {
-                Relay::Ip(ip) => (vec![*ip], None, Cut::default()),
-                Relay::Host(name) => {
+                RelayHost::Ip(ip) => (vec![*ip], None, Cut::default()),
+                RelayHost::Name(name) => {
                     let resolver = resolver()?;
                     let addrs = resolver.resolve_host(name, deadline).map_err(|e| dns_failure(name, &e))?;
                     (addrs, Some(name.clone()), resolver.cut())
@@ -149,7 +149,7 @@ mod tests {
         // Best MX is me: the mail would loop.
         let list = vec![ex("me", 5, &["2001:db8::1", "192.0.2.7"]), ex("c", 30, &["192.0.2.3"])];
         let e = without_me(list, &ipme).expect_err("loop");
-        assert_eq!(e.verdict(), Verdict::Failed);
+        assert_eq!(e.disposition(), Disposition::Failed);
         assert!(String::from_utf8_lossy(e.text()).contains("#5.4.6"));
         // Not listed: everything stays.
         let list = vec![ex("a", 10, &["192.0.2.1"])];
@@ -178,7 +178,7 @@ mod tests {
         ];
         for (e, letter, text) in cases {
             let f = dns_failure("null.test", &e);
-            assert_eq!(f.verdict().letter(), letter, "{e:?}");
+            assert_eq!(f.disposition().letter(), letter, "{e:?}");
             assert_eq!(e.is_permanent(), letter == b'D');
             assert!(String::from_utf8_lossy(f.text()).contains(text), "{e:?}");
         }

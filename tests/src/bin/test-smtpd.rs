@@ -595,42 +595,29 @@ mod tests {
     }
 
     #[test]
-    fn empty_message() {
-        check(b".\r\nQUIT\r\n", b"", b"QUIT\r\n");
-    }
-
-    #[test]
-    fn plain_lines() {
-        check(b"Subject: x\r\n\r\nbody\r\n.\r\n", b"Subject: x\r\n\r\nbody\r\n", b"");
-    }
-
-    #[test]
-    fn stuffed_dots_are_removed() {
-        check(b"..\r\n..x\r\n...\r\n.y\r\n.\r\n", b".\r\n.x\r\n..\r\ny\r\n", b"");
-    }
-
-    #[test]
-    fn dot_not_at_line_start_stays() {
-        check(b"a.\r\nb .\r\n.\r\n", b"a.\r\nb .\r\n", b"");
-    }
-
-    #[test]
-    fn end_needs_crlf_before_it() {
-        // A bare-LF line before ".\r\n": the dot line is data (stored as its
-        // CRLF); the real end comes later.
-        check(b"a\n.\r\nb\r\n.\r\n", b"a\n\r\nb\r\n", b"");
-        // CR and LF split over two reads must count as CRLF.
-        check(b"a\r\n.\r\nafter", b"a\r\n", b"after");
-    }
-
-    #[test]
-    fn dot_lf_is_not_the_end() {
-        check(b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n", b"");
-    }
-
-    #[test]
-    fn dot_cr_x_is_data() {
-        check(b".\rx\r\n.\r\n", b"\rx\r\n", b"");
+    fn unstuffing_table() {
+        // (input, the message, what follows the end of data)
+        let cases: &[(&[u8], &[u8], &[u8])] = &[
+            // An empty message.
+            (b".\r\nQUIT\r\n", b"", b"QUIT\r\n"),
+            (b"Subject: x\r\n\r\nbody\r\n.\r\n", b"Subject: x\r\n\r\nbody\r\n", b""),
+            // Stuffed dots are removed.
+            (b"..\r\n..x\r\n...\r\n.y\r\n.\r\n", b".\r\n.x\r\n..\r\ny\r\n", b""),
+            // A dot not at the start of a line stays.
+            (b"a.\r\nb .\r\n.\r\n", b"a.\r\nb .\r\n", b""),
+            // The end needs a CRLF before it: after a bare-LF line, ".\r\n"
+            // is data (stored as its CRLF); the real end comes later.
+            (b"a\n.\r\nb\r\n.\r\n", b"a\n\r\nb\r\n", b""),
+            // CR and LF split over two reads count as CRLF.
+            (b"a\r\n.\r\nafter", b"a\r\n", b"after"),
+            // ".\n" is not the end.
+            (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\nb\r\n", b""),
+            // ".\rx" is data.
+            (b".\rx\r\n.\r\n", b"\rx\r\n", b""),
+        ];
+        for (input, msg, rest) in cases {
+            check(input, msg, rest);
+        }
     }
 
     #[test]

@@ -8,30 +8,21 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// What a server stores for a message sent by a correct client: every LF,
+/// CRLF and bare CR becomes CRLF.
+pub use chainmail_smtp::data::with_crlf_line_ends as normalized;
 use chainmail_tests::bins::CHILD_PATH;
+use chainmail_tests::peer::{PYTHON, Peer, first_line, peer_dir, peer_script};
 use chainmail_tests::run::{Output, run};
 use chainmail_tests::{KeyPair, TestDir, bin, find_program, secs, show};
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-
-/// The Python with the Debian modules (aiosmtpd, dnslib); the pyenv
-/// `python3` first in `PATH` has neither.
-pub const PYTHON: &str = "/usr/bin/python3";
-
-/// A peer script of `tests/peers/`.
-pub fn peer_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers").join(name)
-}
 
 // ------------------------------------------------------------ reports
 
@@ -340,73 +331,6 @@ impl V6Port25 {
     }
 }
 
-// ---------------------------------------------------------- processes
-
-/// A peer process, in its own process group, killed by its id on drop.
-#[derive(Debug)]
-pub struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    /// Where its stderr goes.
-    pub stderr_path: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, stderr_path: PathBuf, what: &str) -> (Proc, Option<std::process::ChildStdout>) {
-        let stderr = File::create(&stderr_path).expect("create a stderr file");
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(stderr)).process_group(0);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let stdout = child.stdout.take();
-        let stdin = child.stdin.take();
-        (Proc { child, stdin, stderr_path }, stdout)
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// What it wrote on stderr.
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads the first line of `stdout` within `limit`.
-fn first_line(stdout: std::process::ChildStdout, limit: Duration) -> Option<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let mut r = BufReader::new(stdout);
-        let ok = r.read_line(&mut line).is_ok();
-        let _ = tx.send(ok.then_some(line));
-        // Keep the pipe open (the peer must not get EPIPE), until it exits.
-        let mut sink = Vec::new();
-        let _ = r.read_to_end(&mut sink);
-    });
-    rx.recv_timeout(limit).ok().flatten().filter(|l| !l.is_empty())
-}
-
-static PEERS: AtomicU32 = AtomicU32::new(0);
-
-fn peer_dir(dir: &TestDir, stem: &str) -> PathBuf {
-    let d = dir.join(format!("{stem}-{}", PEERS.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&d).expect("create a peer directory");
-    d
-}
-
 /// Starts a peer on a random 127.0.0.0/8 address at `port` (25), retrying
 /// with another address while `start` says the address is taken.
 fn on_random_address<T>(mut start: impl FnMut(IpAddr) -> Result<T, String>) -> T {
@@ -470,7 +394,7 @@ impl Stored {
 /// A running aiosmtpd peer.
 #[derive(Debug)]
 pub struct Aiosmtpd {
-    proc: Proc,
+    peer: Peer,
     /// Its address.
     pub ip: IpAddr,
     /// Its port.
@@ -512,14 +436,14 @@ impl Aiosmtpd {
         if o.inject_after_220 {
             cmd.arg("--inject-after-220");
         }
-        let (mut proc, stdout) = Proc::spawn(cmd, store.join("stderr"), "peers/qmail/smtpd.py");
+        let (mut peer, stdout) = Peer::spawn(cmd, store.join("stderr"), "peers/qmail/smtpd.py");
         let line = first_line(stdout.expect("piped"), secs(30));
         match line.as_deref().map(str::trim).map(str::parse::<u16>) {
-            Some(Ok(port)) => Ok(Aiosmtpd { proc, ip, port, dir: store }),
+            Some(Ok(port)) => Ok(Aiosmtpd { peer, ip, port, dir: store }),
             _ => {
                 let deadline = Instant::now() + secs(5);
                 let status = loop {
-                    if let Some(s) = proc.exited() {
+                    if let Some(s) = peer.exited() {
                         break Some(s);
                     }
                     if Instant::now() >= deadline {
@@ -530,7 +454,7 @@ impl Aiosmtpd {
                 if status.and_then(|s| s.code()) == Some(98) {
                     Err(format!("{ip}:{port} is taken"))
                 } else {
-                    panic!("smtpd.py did not start on {ip}:{port} ({status:?}); stderr:\n{}", proc.stderr())
+                    panic!("smtpd.py did not start on {ip}:{port} ({status:?}); stderr:\n{}", peer.stderr())
                 }
             }
         }
@@ -598,7 +522,7 @@ impl Aiosmtpd {
 
     /// Everything about it, for assertion messages.
     pub fn describe(&self) -> String {
-        format!("aiosmtpd {}:{} log:\n{}\nstderr:\n{}", self.ip, self.port, self.log(), self.proc.stderr())
+        format!("aiosmtpd {}:{} log:\n{}\nstderr:\n{}", self.ip, self.port, self.log(), self.peer.stderr())
     }
 }
 
@@ -608,7 +532,7 @@ impl Aiosmtpd {
 #[derive(Debug)]
 pub struct SmtpSink {
     /// The process (killed when this is dropped).
-    _proc: Proc,
+    _peer: Peer,
     /// Its address.
     pub ip: IpAddr,
     /// Its port.
@@ -648,23 +572,23 @@ impl SmtpSink {
         };
         cmd.arg("-u").arg("root").arg("-d").arg(format!("{}/m.", dump.display()));
         cmd.args(args).arg(&addr).arg("16");
-        let (mut proc, _stdout) = Proc::spawn(cmd, dump.join("stderr"), "smtp-sink");
+        let (mut peer, _stdout) = Peer::spawn(cmd, dump.join("stderr"), "smtp-sink");
         // Ready once it holds a listening socket (connections queue in its
         // backlog from then on); gone if it could not bind.
         let deadline = Instant::now() + secs(20);
         loop {
-            if let Some(p) = listening_port(proc.pid()) {
-                return Ok(SmtpSink { _proc: proc, ip, port: p, dump });
+            if let Some(p) = listening_port(peer.pid()) {
+                return Ok(SmtpSink { _peer: peer, ip, port: p, dump });
             }
-            if let Some(status) = proc.exited() {
-                let err = proc.stderr();
+            if let Some(status) = peer.exited() {
+                let err = peer.stderr();
                 if err.contains("in use") || err.contains("bind") {
                     return Err(format!("{addr}: {err}"));
                 }
                 panic!("smtp-sink {args:?} {addr} exited ({status}) without listening:\n{err}");
             }
             if Instant::now() >= deadline {
-                panic!("smtp-sink {args:?} {addr} did not listen within the limit:\n{}", proc.stderr());
+                panic!("smtp-sink {args:?} {addr} did not listen within the limit:\n{}", peer.stderr());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -709,7 +633,7 @@ impl SmtpSink {
 #[derive(Debug)]
 pub struct FullBacklog {
     /// The process (killed when this is dropped).
-    _proc: Proc,
+    _peer: Peer,
     /// Its address.
     pub ip: IpAddr,
     /// Its port.
@@ -721,15 +645,15 @@ impl FullBacklog {
         let d = peer_dir(dir, "backlog");
         let mut cmd = Command::new(PYTHON);
         cmd.arg(peer_script("qmail/backlog.py")).arg(ip.to_string()).arg(port.to_string());
-        let (mut proc, stdout) = Proc::spawn(cmd, d.join("stderr"), "peers/qmail/backlog.py");
+        let (mut peer, stdout) = Peer::spawn(cmd, d.join("stderr"), "peers/qmail/backlog.py");
         match first_line(stdout.expect("piped"), secs(30)).as_deref().map(str::trim).map(str::parse::<u16>) {
-            Some(Ok(port)) => Ok(FullBacklog { _proc: proc, ip, port }),
+            Some(Ok(port)) => Ok(FullBacklog { _peer: peer, ip, port }),
             _ => {
                 let deadline = Instant::now() + secs(5);
-                while proc.exited().is_none() && Instant::now() < deadline {
+                while peer.exited().is_none() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(format!("backlog.py on {ip}:{port}: {}", proc.stderr()))
+                Err(format!("backlog.py on {ip}:{port}: {}", peer.stderr()))
             }
         }
     }
@@ -745,64 +669,12 @@ impl FullBacklog {
     }
 }
 
-// ----------------------------------------------------------------- DNS
-
-/// `tests/peers/dnsserver.py` serving a zone on 127.0.0.1 (UDP and TCP).
-#[derive(Debug)]
-pub struct Dns {
-    proc: Proc,
-    /// Where it listens, as `DNSCACHEIP` wants it (`127.0.0.1:port`).
-    pub dnscacheip: String,
-}
-
-impl Dns {
-    /// Serves `zone` (dnsserver.py's format).
-    pub fn start(dir: &TestDir, zone: &str) -> Dns {
-        let d = peer_dir(dir, "dns");
-        let zone_file = d.join("zone");
-        std::fs::write(&zone_file, zone).expect("write the zone");
-        let mut cmd = Command::new(PYTHON);
-        cmd.arg(peer_script("dnsserver.py")).arg(&zone_file);
-        let (proc, stdout) = Proc::spawn(cmd, d.join("queries"), "tests/peers/dnsserver.py");
-        match first_line(stdout.expect("piped"), secs(30)).as_deref().map(str::trim).map(str::parse::<u16>) {
-            Some(Ok(port)) => Dns { proc, dnscacheip: SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string() },
-            other => panic!("dnsserver.py did not start ({other:?}):\n{}", proc.stderr()),
-        }
-    }
-
-    /// The queries so far, `proto TYPE name.` per line.
-    pub fn queries(&self) -> String {
-        self.proc.stderr()
-    }
-}
-
 // --------------------------------------------------------------- misc
 
 /// A port on 127.0.0.1 where nothing listens (bound, then released).
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("address").port()
-}
-
-/// What a server stores for `message` sent by a correct client: every
-/// LF, CRLF and bare CR becomes CRLF.
-pub fn normalized(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 16);
-    let mut i = 0;
-    while i < message.len() {
-        match message[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if message.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }
 
 /// The `SIZE=` a correct client announces for `message`: the normalized

@@ -73,7 +73,7 @@ const EHLO_PLAIN: &str = "250-mx.test\r\n250 8BITMIME\r\n";
 
 /// Runs an attempt against a script, feeding replies in `chunk`-sized
 /// pieces. `tls_ok` is the outcome of any handshake. Returns the outcome.
-fn drive(mut client: Client, script: &mut Script, chunk: usize, tls_ok: bool) -> Outcome {
+fn drive(mut client: Client, script: &mut Script, chunk: usize, tls_ok: bool) -> AttemptEnd {
     let mut inbox: Vec<u8> = script.greeting.as_bytes().to_vec();
     for _ in 0..10_000 {
         while !inbox.is_empty() && client.wants_input() {
@@ -120,7 +120,7 @@ fn drive(mut client: Client, script: &mut Script, chunk: usize, tls_ok: bool) ->
 
 /// Runs in every chunk size 1..=40, checking they agree; returns the
 /// outcome and the script of the whole-chunk run.
-fn drive_all(make: impl Fn() -> (Client, Script), tls_ok: bool) -> (Outcome, Script) {
+fn drive_all(make: impl Fn() -> (Client, Script), tls_ok: bool) -> (AttemptEnd, Script) {
     let (c, mut s) = make();
     let want = drive(c, &mut s, 1 << 20, tls_ok);
     for chunk in 1..=40 {
@@ -140,8 +140,8 @@ fn feed(c: &mut Client, replies: &[&[u8]]) {
     }
 }
 
-fn delivered(o: &Outcome) -> bool {
-    matches!(o, Outcome::Final { verdict: Verdict::Delivered(_), .. })
+fn delivered(o: &AttemptEnd) -> bool {
+    matches!(o, AttemptEnd::Final { message: MessageResult::Delivered(_), .. })
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn pipelined_delivery_sends_the_transaction_in_one_write() {
     let (o, s) =
         drive_all(|| (Client::new(attempt(&["x@y.test", "z@y.test"], TlsWish::Off)), Script::new(EHLO_PIPE)), true);
     assert!(delivered(&o), "{o:?}");
-    let Outcome::Final { recipients, .. } = &o else { unreachable!() };
+    let AttemptEnd::Final { recipients, .. } = &o else { unreachable!() };
     assert_eq!(recipients, &vec![RcptResult::Accepted, RcptResult::Accepted]);
     assert!(
         s.writes.contains(
@@ -193,7 +193,7 @@ fn helo_refused_is_final_and_temporary() {
         || (Client::new(attempt(&["x@y"], TlsWish::Off)), Script::new("500 no\r\n").with("HELO", "550 go away\r\n")),
         true,
     );
-    let Outcome::Final { verdict: v @ Verdict::HeloRejected(_), .. } = &o else { panic!("{o:?}") };
+    let AttemptEnd::Final { message: v @ MessageResult::HeloRejected(_), .. } = &o else { panic!("{o:?}") };
     assert!(!v.is_permanent());
 }
 
@@ -207,17 +207,17 @@ fn greeting_4xx_skips_and_5xx_is_final_temporary() {
         }
     };
     let (o, s) = drive_all(make("421-busy\r\n421 try later\r\n"), true);
-    assert!(matches!(&o, Outcome::Skip(Skip::Greeting(r)) if r.code == 421 && r.lines.len() == 2), "{o:?}");
+    assert!(matches!(&o, AttemptEnd::Skip(Skip::Greeting(r)) if r.code == 421 && r.lines.len() == 2), "{o:?}");
     assert_eq!(s.log, ["QUIT"]);
     let (o, _) = drive_all(make("554 no service\r\n"), true);
-    let Outcome::Final { verdict: v @ Verdict::GreetingFailed(_), .. } = &o else { panic!("{o:?}") };
+    let AttemptEnd::Final { message: v @ MessageResult::GreetingFailed(_), .. } = &o else { panic!("{o:?}") };
     assert!(!v.is_permanent());
 }
 
 #[test]
 fn ehlo_4xx_skips() {
     let (o, _) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Off)), Script::new("421 later\r\n")), true);
-    assert!(matches!(o, Outcome::Skip(Skip::Ehlo(_))), "{o:?}");
+    assert!(matches!(o, AttemptEnd::Skip(Skip::Ehlo(_))), "{o:?}");
 }
 
 #[test]
@@ -246,8 +246,8 @@ fn plaintext_sent_by_the_server_after_its_220_is_discarded() {
     for chunk in 1..=40 {
         let (c, mut s) = make();
         let o = drive(c, &mut s, chunk, true);
-        assert!(delivered(&o) || o == Outcome::TlsFailed(None), "chunk {chunk}: {o:?}");
-        assert!(!matches!(o, Outcome::Final { verdict: Verdict::DataRejected(_), .. }));
+        assert!(delivered(&o) || o == AttemptEnd::TlsFailed(None), "chunk {chunk}: {o:?}");
+        assert!(!matches!(o, AttemptEnd::Final { message: MessageResult::DataRejected(_), .. }));
     }
 }
 
@@ -258,7 +258,7 @@ fn tls_wishes() {
     assert!(delivered(&o) && !s.log.contains(&"STARTTLS".to_owned()));
     // Require, not offered.
     let (o, s) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Require)), Script::new(EHLO_PLAIN)), true);
-    assert_eq!(o, Outcome::NoStartTls);
+    assert_eq!(o, AttemptEnd::NoStartTls);
     assert!(!s.log.iter().any(|l| l.starts_with("MAIL")));
     // Require, refused.
     let (o, _) = drive_all(
@@ -270,7 +270,7 @@ fn tls_wishes() {
         },
         true,
     );
-    assert!(matches!(o, Outcome::TlsFailed(Some(ref r)) if r.code == 454), "{o:?}");
+    assert!(matches!(o, AttemptEnd::TlsFailed(Some(ref r)) if r.code == 454), "{o:?}");
     // Try, refused: goes on in plaintext on the same connection.
     let (o, s) = drive_all(
         || {
@@ -285,7 +285,7 @@ fn tls_wishes() {
     assert!(!s.log.contains(&"<TLS>".to_owned()));
     // Handshake failure.
     let (o, _) = drive_all(|| (Client::new(attempt(&["x@y"], TlsWish::Try)), Script::new(EHLO_PIPE)), false);
-    assert_eq!(o, Outcome::TlsFailed(None));
+    assert_eq!(o, AttemptEnd::TlsFailed(None));
 }
 
 #[test]
@@ -303,13 +303,13 @@ fn size_and_body_parameters() {
     assert!(delivered(&o));
     assert_eq!(s.log[1], "MAIL FROM:<a@b.test> SIZE=500 BODY=8BITMIME SMTPUTF8");
     let (o, s) = drive_all(make(100_001, false, false, EHLO_PIPE), true);
-    let Outcome::Final { verdict: v @ Verdict::TooBig { size: 100_001, limit: 100_000 }, .. } = &o else {
+    let AttemptEnd::Final { message: v @ MessageResult::TooBig { size: 100_001, limit: 100_000 }, .. } = &o else {
         panic!("{o:?}")
     };
     assert!(v.is_permanent());
     assert!(!s.log.iter().any(|l| l.starts_with("MAIL")));
     let (o, _) = drive_all(make(10, false, true, EHLO_PLAIN), true);
-    assert!(matches!(&o, Outcome::Final { verdict: Verdict::NeedsSmtputf8, .. }));
+    assert!(matches!(&o, AttemptEnd::Final { message: MessageResult::NeedsSmtputf8, .. }));
     // 8-bit without 8BITMIME: sent anyway (as stock qmail), without BODY.
     let (o, s) = drive_all(make(10, true, false, "250-mx\r\n250 PIPELINING\r\n"), true);
     assert!(delivered(&o));
@@ -335,7 +335,9 @@ fn sender_rejected() {
             },
             true,
         );
-        let Outcome::Final { verdict: v @ Verdict::SenderRejected(_), recipients } = &o else { panic!("{o:?}") };
+        let AttemptEnd::Final { message: v @ MessageResult::SenderRejected(_), recipients } = &o else {
+            panic!("{o:?}")
+        };
         assert_eq!(v.is_permanent(), permanent);
         // The 503s the pipelined RCPTs got are not the recipients' fate.
         assert!(recipients.iter().all(|r| *r == RcptResult::NotTried), "{recipients:?}");
@@ -357,8 +359,8 @@ fn mixed_recipients() {
             },
             true,
         );
-        let Outcome::Final { recipients, verdict } = &o else { panic!("{o:?}") };
-        assert!(verdict.is_delivered());
+        let AttemptEnd::Final { recipients, message } = &o else { panic!("{o:?}") };
+        assert!(message.is_delivered());
         assert!(
             matches!(&recipients[..], [RcptResult::Accepted, RcptResult::Refused(r), RcptResult::Deferred(d)] if r.code == 550 && d.code == 452)
         );
@@ -382,7 +384,7 @@ fn no_recipient_accepted() {
                 },
                 true,
             );
-            let Outcome::Final { verdict: v @ Verdict::NoRecipients { .. }, .. } = &o else { panic!("{o:?}") };
+            let AttemptEnd::Final { message: v @ MessageResult::NoRecipients { .. }, .. } = &o else { panic!("{o:?}") };
             assert_eq!(v.is_permanent(), permanent);
             assert!(!s.log.contains(&"<BODY>".to_owned()));
             if ehlo == EHLO_PLAIN {
@@ -398,7 +400,7 @@ fn data_accepted_without_recipients_is_closed_with_a_dot() {
         || (Client::new(attempt(&["a@y"], TlsWish::Off)), Script::new(EHLO_PIPE).with("RCPT", "550 no\r\n")),
         true,
     );
-    assert!(matches!(&o, Outcome::Final { verdict: Verdict::NoRecipients { any_temporary: false }, .. }));
+    assert!(matches!(&o, AttemptEnd::Final { message: MessageResult::NoRecipients { any_temporary: false }, .. }));
     let tail: Vec<&str> = s.log.iter().rev().take(2).map(String::as_str).collect();
     assert_eq!(tail, ["QUIT", "."]);
 }
@@ -425,9 +427,9 @@ fn data_and_final_replies() {
                 },
                 true,
             );
-            let Outcome::Final { verdict, .. } = &o else { panic!("{o:?}") };
-            assert_eq!(verdict.is_delivered(), ok, "{data} {fin} {o:?}");
-            assert_eq!(verdict.is_permanent(), permanent, "{data} {fin} {o:?}");
+            let AttemptEnd::Final { message, .. } = &o else { panic!("{o:?}") };
+            assert_eq!(message.is_delivered(), ok, "{data} {fin} {o:?}");
+            assert_eq!(message.is_permanent(), permanent, "{data} {fin} {o:?}");
             assert_eq!(s.log.contains(&"<BODY>".to_owned()), data.starts_with("354"));
         }
     }
@@ -443,7 +445,9 @@ fn garbage_after_the_dot_is_never_delivered() {
         },
         true,
     );
-    let Outcome::Final { verdict: v @ Verdict::Protocol { after_dot: true, .. }, .. } = &o else { panic!("{o:?}") };
+    let AttemptEnd::Final { message: v @ MessageResult::Protocol { after_dot: true, .. }, .. } = &o else {
+        panic!("{o:?}")
+    };
     assert!(!v.is_permanent() && !v.is_delivered());
 }
 
@@ -452,17 +456,17 @@ fn connection_lost_at_each_stage() {
     // Before the transaction: skip to the next server.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
     c.server_closed();
-    assert!(matches!(c.status(), Status::Done(Outcome::Skip(Skip::Died { during: "greeting", timeout: false }))));
+    assert!(matches!(c.status(), Status::Done(AttemptEnd::Skip(Skip::Died { during: "greeting", timeout: false }))));
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
     c.server_data(b"220 hi\r\n");
     c.timed_out();
-    assert!(matches!(c.status(), Status::Done(Outcome::Skip(Skip::Died { during: "EHLO", timeout: true }))));
+    assert!(matches!(c.status(), Status::Done(AttemptEnd::Skip(Skip::Died { during: "EHLO", timeout: true }))));
     // During the transaction: final, temporary.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
     feed(&mut c, &[b"220 hi\r\n", b"250 mx\r\n"]);
     c.server_closed();
-    let Status::Done(Outcome::Final { verdict: v, .. }) = c.status() else { panic!() };
-    assert_eq!(v, Verdict::ConnectionDied { after_dot: false, timeout: false });
+    let Status::Done(AttemptEnd::Final { message: v, .. }) = c.status() else { panic!() };
+    assert_eq!(v, MessageResult::ConnectionDied { after_dot: false, timeout: false });
     assert!(!v.is_permanent());
     // After the dot: possible duplicate.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
@@ -471,8 +475,8 @@ fn connection_lost_at_each_stage() {
     c.body_sent();
     c.server_data(b"25");
     c.server_closed();
-    let Status::Done(Outcome::Final { verdict: v, .. }) = c.status() else { panic!() };
-    assert_eq!(v, Verdict::ConnectionDied { after_dot: true, timeout: false });
+    let Status::Done(AttemptEnd::Final { message: v, .. }) = c.status() else { panic!() };
+    assert_eq!(v, MessageResult::ConnectionDied { after_dot: true, timeout: false });
     assert!(!v.is_delivered() && !v.is_permanent());
 }
 
@@ -485,7 +489,7 @@ fn tls_breaking_after_the_handshake() {
     assert_eq!(c.status(), Status::StartTls);
     c.tls_done(true);
     c.server_closed();
-    assert_eq!(c.status(), Status::Done(Outcome::TlsFailed(None)));
+    assert_eq!(c.status(), Status::Done(AttemptEnd::TlsFailed(None)));
     // During the transaction: the connection died.
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Try));
     feed(&mut c, &[b"220 hi\r\n", b"250-mx\r\n250 STARTTLS\r\n", b"220 go\r\n"]);
@@ -494,7 +498,7 @@ fn tls_breaking_after_the_handshake() {
     c.server_closed();
     assert!(matches!(
         c.status(),
-        Status::Done(Outcome::Final { verdict: Verdict::ConnectionDied { after_dot: false, .. }, .. })
+        Status::Done(AttemptEnd::Final { message: MessageResult::ConnectionDied { after_dot: false, .. }, .. })
     ));
 }
 
@@ -502,7 +506,7 @@ fn tls_breaking_after_the_handshake() {
 fn malformed_reply_before_the_transaction_skips() {
     let mut c = Client::new(attempt(&["a@y"], TlsWish::Off));
     c.server_data(b"SSH-2.0-OpenSSH_9.2\r\n");
-    assert!(matches!(c.status(), Status::Done(Outcome::Skip(Skip::Malformed(_)))));
+    assert!(matches!(c.status(), Status::Done(AttemptEnd::Skip(Skip::Malformed(_)))));
 }
 
 #[test]
@@ -530,12 +534,12 @@ fn extensions_parse() {
 /// server may have seen: nothing after the command whose reply was early.
 #[test]
 fn replies_ahead_of_their_commands_are_a_protocol_violation() {
-    fn protocol(o: &Outcome) -> bool {
-        matches!(o, Outcome::Final { verdict: Verdict::Protocol { after_dot: false, .. }, .. })
+    fn protocol(o: &AttemptEnd) -> bool {
+        matches!(o, AttemptEnd::Final { message: MessageResult::Protocol { after_dot: false, .. }, .. })
     }
     // (EHLO reply, command prefix, its replies, what the server gets (no
     // QUIT either), the outcome test)
-    type Case = (&'static str, &'static str, &'static str, &'static [&'static str], fn(&Outcome) -> bool);
+    type Case = (&'static str, &'static str, &'static str, &'static [&'static str], fn(&AttemptEnd) -> bool);
     let cases: &[Case] = &[
         // MAIL answered with its reply and those of RCPT and DATA, without
         // PIPELINING: neither RCPT nor DATA nor the body may follow.
@@ -567,7 +571,7 @@ fn replies_ahead_of_their_commands_are_a_protocol_violation() {
         },
         true,
     );
-    assert!(matches!(o, Outcome::Skip(Skip::Unexpected(_))), "{o:?}");
+    assert!(matches!(o, AttemptEnd::Skip(Skip::Unexpected(_))), "{o:?}");
     assert!(s.log.is_empty(), "{:?}", s.log);
 }
 
@@ -581,7 +585,7 @@ fn a_reply_is_due_only_after_its_command_is_written_whole() {
     c.consume_output(5);
     c.server_data(b"250 mx.test\r\n");
     assert!(
-        matches!(c.status(), Status::Done(Outcome::Skip(Skip::Unexpected(_)))),
+        matches!(c.status(), Status::Done(AttemptEnd::Skip(Skip::Unexpected(_)))),
         "EHLO was half written: {:?}",
         c.status()
     );
@@ -610,7 +614,7 @@ fn bytes_after_the_354_stop_the_body() {
         assert!(
             matches!(
                 c.status(),
-                Status::Done(Outcome::Final { verdict: Verdict::Protocol { after_dot: false, .. }, .. })
+                Status::Done(AttemptEnd::Final { message: MessageResult::Protocol { after_dot: false, .. }, .. })
             ),
             "{extra:?}: {:?}",
             c.status()

@@ -1,6 +1,8 @@
 //! ucspi-tlsd on its own: a socket pair stands for the network on fds
-//! 0/1, `tests/app.py` is the application, and a rustls client in the
-//! test talks to the engine. Certificates are made with the openssl CLI.
+//! 0/1, `tests/peers/ucspi-tlsd-app.py` is the application, and a rustls
+//! client in the test talks to the engine. The certificates are the
+//! harness's ([`chainmail_tests::certs`]): `a` is the default pair, `b` the
+//! one named `mail.test`, `wild` the `*.wild.test` one.
 //!
 //! Every wait is bounded: socket timeouts for the client, a deadline for
 //! the processes, which are killed by PID if they overstay.
@@ -11,137 +13,32 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use chainmail_tests::peer::{PYTHON, peer_script};
+use chainmail_tests::{TestDir, bin};
 use chainmail_tls::rustls;
 use chainmail_tls::verify::AnyServerCertificate;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ucspi-tlsd");
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------
 // Certificates.
 
-struct Certs {
-    dir: PathBuf,
+/// The path of the harness's certificate file `file` in `t`.
+fn path(t: &TestDir, file: &str) -> String {
+    t.certs().dir().join(file).to_str().expect("utf8 path").to_owned()
 }
 
-impl Certs {
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().expect("utf8 path").to_owned()
-    }
-    fn der(&self, name: &str) -> Vec<u8> {
-        let pem = std::fs::read(self.dir.join(name)).expect("read cert");
-        chainmail_tls::keys::parse_certificates(&pem).expect("parse cert")[0].as_ref().to_vec()
-    }
-}
-
-const TMP_PREFIX: &str = "ucspi-tlsd-test-";
-
-/// Each test process makes its own directory (tests may run as separate
-/// processes); the directories of processes that are gone are removed.
-fn remove_stale_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else { continue };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Makes, once per test run: a CA; server certificates for
-/// default.test (also IP 127.0.0.1), mail.test and *.wild.test; a client
-/// certificate, an expired one, and one from another CA.
-fn certs() -> &'static Certs {
-    static CERTS: OnceLock<Certs> = OnceLock::new();
-    CERTS.get_or_init(|| {
-        remove_stale_dirs();
-        let dir = std::env::temp_dir().join(format!("{TMP_PREFIX}{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let key = |name: &str| {
-            openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name])
-        };
-        for ca in ["ca", "otherca"] {
-            key(&format!("{ca}.key"));
-            openssl(
-                &dir,
-                &[
-                    "req",
-                    "-x509",
-                    "-new",
-                    "-key",
-                    &format!("{ca}.key"),
-                    "-out",
-                    &format!("{ca}.pem"),
-                    "-days",
-                    "3650",
-                    "-subj",
-                    &format!("/CN={ca}"),
-                    "-addext",
-                    "basicConstraints=critical,CA:TRUE",
-                    "-addext",
-                    "keyUsage=critical,keyCertSign",
-                ],
-            );
-        }
-        let sign = |name: &str, ca: &str, subj: &str, ext: &str, days: &str| {
-            key(&format!("{name}.key"));
-            openssl(
-                &dir,
-                &["req", "-new", "-key", &format!("{name}.key"), "-subj", subj, "-out", &format!("{name}.csr")],
-            );
-            std::fs::write(dir.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}\n"))
-                .expect("write ext");
-            openssl(
-                &dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    &format!("{ca}.pem"),
-                    "-CAkey",
-                    &format!("{ca}.key"),
-                    "-CAcreateserial",
-                    "-days",
-                    days,
-                    "-extfile",
-                    &format!("{name}.ext"),
-                    "-out",
-                    &format!("{name}.pem"),
-                ],
-            );
-        };
-        let server = "extendedKeyUsage=serverAuth";
-        let client = "extendedKeyUsage=clientAuth";
-        sign(
-            "default",
-            "ca",
-            "/CN=default.test",
-            &format!("{server}\nsubjectAltName=DNS:default.test,IP:127.0.0.1"),
-            "3650",
-        );
-        sign("mail", "ca", "/CN=mail.test", &format!("{server}\nsubjectAltName=DNS:mail.test"), "3650");
-        sign("wild", "ca", "/CN=*.wild.test", &format!("{server}\nsubjectAltName=DNS:*.wild.test"), "3650");
-        sign("client", "ca", "/O=Test/CN=client.test", client, "3650");
-        sign("expired", "ca", "/CN=expired.test", client, "-1");
-        sign("stranger", "otherca", "/CN=stranger.test", client, "3650");
-        Certs { dir }
-    })
+/// The DER of the (first) certificate in the harness's file `file`.
+fn der(t: &TestDir, file: &str) -> Vec<u8> {
+    let pem = std::fs::read(path(t, file)).expect("read cert");
+    chainmail_tls::keys::parse_certificates(&pem).expect("parse cert")[0].as_ref().to_vec()
 }
 
 // ---------------------------------------------------------------------
@@ -159,8 +56,7 @@ const CLIENT: ClientOpts<'static> = ClientOpts { sni: Some("mail.test"), cert: N
 
 /// A client that accepts any server certificate (checking the handshake
 /// signatures), so that tests can look at the one the server chose.
-fn client_conn(opts: &ClientOpts<'_>) -> ClientConnection {
-    let c = certs();
+fn client_conn(t: &TestDir, opts: &ClientOpts<'_>) -> ClientConnection {
     let provider = Arc::new(chainmail_tls::provider());
     let verifier = AnyServerCertificate::new(&provider);
     let versions: &[&rustls::SupportedProtocolVersion] =
@@ -172,10 +68,10 @@ fn client_conn(opts: &ClientOpts<'_>) -> ClientConnection {
         .with_custom_certificate_verifier(verifier);
     let config = match opts.cert {
         Some(name) => {
-            let chain = chainmail_tls::keys::load_certificates("cert", Path::new(&c.path(&format!("{name}.pem"))))
+            let chain = chainmail_tls::keys::load_certificates("cert", Path::new(&path(t, &format!("{name}.pem"))))
                 .expect("client cert");
             let key: PrivateKeyDer<'static> =
-                chainmail_tls::keys::load_private_key("key", Path::new(&c.path(&format!("{name}.key")))).expect("key");
+                chainmail_tls::keys::load_private_key("key", Path::new(&path(t, &format!("{name}.key")))).expect("key");
             builder.with_client_auth_cert(chain, key).expect("client auth")
         }
         None => builder.with_no_client_auth(),
@@ -202,27 +98,27 @@ fn unique() -> usize {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn base_env() -> Vec<(String, String)> {
-    let c = certs();
-    vec![("CERTFILE".into(), c.path("default.pem")), ("KEYFILE".into(), c.path("default.key"))]
+fn base_env(t: &TestDir) -> Vec<(String, String)> {
+    vec![("CERTFILE".into(), path(t, "a.pem")), ("KEYFILE".into(), path(t, "a.key"))]
 }
 
-/// Starts `ucspi-tlsd ARGS -- python3 app.py MODE RESULT` with exactly
+/// Starts `ucspi-tlsd ARGS -- python3 ucspi-tlsd-app.py MODE RESULT` with exactly
 /// the environment `env` (plus PATH).
-fn start(args: &[&str], mode: &str, env: &[(String, String)]) -> Run {
-    let c = certs();
+fn start(t: &TestDir, args: &[&str], mode: &str, env: &[(String, String)]) -> Run {
     let n = unique();
-    let result = c.dir.join(format!("result-{n}"));
-    let stderr = c.dir.join(format!("stderr-{n}"));
+    let result = t.join(format!("result-{n}"));
+    let stderr = t.join(format!("stderr-{n}"));
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     ours.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     ours.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let theirs_out = theirs.try_clone().expect("dup");
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/app.py");
-    let mut cmd = Command::new(BIN);
+    let app = peer_script("ucspi-tlsd-app.py");
+    let mut cmd = Command::new(bin("ucspi-tlsd"));
     cmd.args(args)
         .arg("--")
-        .args(["/usr/bin/python3", app, mode])
+        .arg(PYTHON)
+        .arg(app)
+        .arg(mode)
         .arg(&result)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin")))
@@ -299,8 +195,8 @@ struct Tls {
 }
 
 impl Tls {
-    fn connect(net: UnixStream, opts: &ClientOpts<'_>) -> Result<Tls, io::Error> {
-        let conn = client_conn(opts);
+    fn connect(t: &TestDir, net: UnixStream, opts: &ClientOpts<'_>) -> Result<Tls, io::Error> {
+        let conn = client_conn(t, opts);
         let mut stream = StreamOwned::new(conn, net);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
@@ -404,9 +300,9 @@ fn field<'a>(info: &'a [(String, Option<String>)], name: &str) -> Option<&'a str
 
 /// A full TLS session with the `Y` application: handshake, report, one
 /// echo, close. Returns the report and the server's leaf certificate.
-fn session(args: &[&str], env: &[(String, String)], opts: &ClientOpts<'_>) -> (Report, Vec<u8>, Run) {
-    let mut run = start(args, "Y", env);
-    let mut tls = Tls::connect(run.net(), opts).expect("handshake");
+fn session(t: &TestDir, args: &[&str], env: &[(String, String)], opts: &ClientOpts<'_>) -> (Report, Vec<u8>, Run) {
+    let mut run = start(t, args, "Y", env);
+    let mut tls = Tls::connect(t, run.net(), opts).expect("handshake");
     let report = tls.report();
     tls.echo(b"EHLO client.test\r\n");
     let leaf = tls.leaf();
@@ -416,9 +312,9 @@ fn session(args: &[&str], env: &[(String, String)], opts: &ClientOpts<'_>) -> (R
 }
 
 /// A session whose handshake must fail; returns the engine's status.
-fn failed_handshake(args: &[&str], env: &[(String, String)], opts: &ClientOpts<'_>) -> (i32, Run) {
-    let mut run = start(args, "Y", env);
-    let r = Tls::connect(run.net(), opts);
+fn failed_handshake(t: &TestDir, args: &[&str], env: &[(String, String)], opts: &ClientOpts<'_>) -> (i32, Run) {
+    let mut run = start(t, args, "Y", env);
+    let r = Tls::connect(t, run.net(), opts);
     if let Ok(mut tls) = r {
         // TLS 1.3: the client finishes before the server checks its
         // certificate; the failure shows on the first read.
@@ -434,7 +330,8 @@ fn failed_handshake(args: &[&str], env: &[(String, String)], opts: &ClientOpts<'
 
 #[test]
 fn declined_tls_leaves_plaintext_working() {
-    let mut run = start(&[], "decline", &base_env());
+    let t = TestDir::new("tlsd_declined_tls_leaves_plaintext_working");
+    let mut run = start(&t, &[], "decline", &base_env(&t));
     let mut net = run.net();
     net.write_all(b"hello\n").expect("write");
     let mut got = String::new();
@@ -443,7 +340,7 @@ fn declined_tls_leaves_plaintext_working() {
     assert_eq!(run.engine_exit(), 0);
     assert_eq!(run.stderr(), "", "silent by default");
 
-    let mut run = start(&["-v2"], "decline", &base_env());
+    let mut run = start(&t, &["-v2"], "decline", &base_env(&t));
     let mut net = run.net();
     net.write_all(b"x\n").expect("write");
     assert_eq!(run.engine_exit(), 0);
@@ -452,8 +349,9 @@ fn declined_tls_leaves_plaintext_working() {
 
 #[test]
 fn small_y_then_echo_and_silence() {
-    let mut run = start(&[], "y", &base_env());
-    let mut tls = Tls::connect(run.net(), &CLIENT).expect("handshake");
+    let t = TestDir::new("tlsd_small_y_then_echo_and_silence");
+    let mut run = start(&t, &[], "y", &base_env(&t));
+    let mut tls = Tls::connect(&t, run.net(), &CLIENT).expect("handshake");
     let report = tls.report();
     assert!(report.info.is_none());
     tls.echo(b"EHLO x\r\n");
@@ -470,7 +368,8 @@ fn small_y_then_echo_and_silence() {
 
 #[test]
 fn capital_y_sends_the_connection_information() {
-    let (report, leaf, run) = session(&["-v2"], &base_env(), &CLIENT);
+    let t = TestDir::new("tlsd_capital_y_sends_the_connection_information");
+    let (report, leaf, run) = session(&t, &["-v2"], &base_env(&t), &CLIENT);
     let info = parse_info(report.info.as_deref().expect("info"));
     let names: Vec<&str> = info.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
@@ -484,15 +383,16 @@ fn capital_y_sends_the_connection_information() {
     assert_eq!(field(&info, "SSL_PEER_CERT_HASH"), None);
     assert_eq!(field(&info, "SSL_PEER_CERT_SUBJECT"), None);
     // No CERTFILE:mail.test at level 0: the default certificate.
-    assert_eq!(leaf, certs().der("default.pem"));
+    assert_eq!(leaf, der(&t, "a.pem"));
     let err = run.stderr();
     assert!(err.contains("ucspi-tlsd: info: TLS handshake done: TLSv1.3 TLS_"), "{err}");
 }
 
 #[test]
 fn tls12_client() {
+    let t = TestDir::new("tlsd_tls12_client");
     let opts = ClientOpts { tls12_only: true, ..CLIENT };
-    let (report, _, _) = session(&[], &base_env(), &opts);
+    let (report, _, _) = session(&t, &[], &base_env(&t), &opts);
     let info = parse_info(report.info.as_deref().expect("info"));
     assert_eq!(field(&info, "SSL_PROTOCOL"), Some("TLSv1.2"));
     assert!(field(&info, "SSL_CIPHER").expect("cipher").starts_with("TLS_ECDHE_ECDSA_WITH_"));
@@ -500,70 +400,69 @@ fn tls12_client() {
 
 #[test]
 fn invalid_control_byte_exits_100() {
-    let mut run = start(&[], "x", &base_env());
+    let t = TestDir::new("tlsd_invalid_control_byte_exits_100");
+    let mut run = start(&t, &[], "x", &base_env(&t));
     assert_eq!(run.engine_exit(), 100);
     assert!(run.stderr().contains("ucspi-tlsd: fatal: invalid control byte 0x78"), "{}", run.stderr());
 }
 
-fn sni_env() -> Vec<(String, String)> {
-    let c = certs();
-    let mut env = base_env();
-    env.push(("CERTFILE:mail.test".into(), c.path("mail.pem")));
-    env.push(("KEYFILE:mail.test".into(), c.path("mail.key")));
-    env.push(("CERTFILE:*.wild.test".into(), c.path("wild.pem")));
-    env.push(("KEYFILE:*.wild.test".into(), c.path("wild.key")));
+fn sni_env(t: &TestDir) -> Vec<(String, String)> {
+    let mut env = base_env(t);
+    env.push(("CERTFILE:mail.test".into(), path(t, "b.pem")));
+    env.push(("KEYFILE:mail.test".into(), path(t, "b.key")));
+    env.push(("CERTFILE:*.wild.test".into(), path(t, "wild.pem")));
+    env.push(("KEYFILE:*.wild.test".into(), path(t, "wild.key")));
     // An exact name beats the wildcard.
-    env.push(("CERTFILE:exact.wild.test".into(), c.path("mail.pem")));
-    env.push(("KEYFILE:exact.wild.test".into(), c.path("mail.key")));
+    env.push(("CERTFILE:exact.wild.test".into(), path(t, "b.pem")));
+    env.push(("KEYFILE:exact.wild.test".into(), path(t, "b.key")));
     env
 }
 
 #[test]
 fn sni_selects_the_certificate() {
-    let c = certs();
+    let t = TestDir::new("tlsd_sni_selects_the_certificate");
     for (sni, want) in [
-        (Some("mail.test"), "mail.pem"),
-        (Some("MAIL.TEST"), "mail.pem"),
+        (Some("mail.test"), "b.pem"),
+        (Some("MAIL.TEST"), "b.pem"),
         (Some("a.wild.test"), "wild.pem"),
-        (Some("exact.wild.test"), "mail.pem"),
-        (Some("x.y.wild.test"), "default.pem"),
-        (Some("other.test"), "default.pem"),
-        (None, "default.pem"),
+        (Some("exact.wild.test"), "b.pem"),
+        (Some("x.y.wild.test"), "a.pem"),
+        (Some("other.test"), "a.pem"),
+        (None, "a.pem"),
     ] {
         let opts = ClientOpts { sni, ..CLIENT };
-        let (report, leaf, _) = session(&["--sni"], &sni_env(), &opts);
-        assert!(leaf == c.der(want), "{sni:?} should get {want}");
+        let (report, leaf, _) = session(&t, &["--sni"], &sni_env(&t), &opts);
+        assert!(leaf == der(&t, want), "{sni:?} should get {want}");
         let info = parse_info(report.info.as_deref().expect("info"));
         assert_eq!(field(&info, "SSL_TLS_SNI_SERVERNAME"), sni.map(|s| s.to_ascii_lowercase()).as_deref());
     }
     // Level 0 ignores the named pairs.
-    let (_, leaf, _) = session(&[], &sni_env(), &CLIENT);
-    assert!(leaf == c.der("default.pem"));
+    let (_, leaf, _) = session(&t, &[], &sni_env(&t), &CLIENT);
+    assert!(leaf == der(&t, "a.pem"));
 }
 
 #[test]
 fn mandatory_sni() {
-    let c = certs();
+    let t = TestDir::new("tlsd_mandatory_sni");
     // The default pair is not needed, and not used.
-    let env: Vec<_> = sni_env().into_iter().filter(|(k, _)| k.contains(':')).collect();
-    let (_, leaf, _) = session(&["--mandatory-sni"], &env, &ClientOpts { sni: Some("b.wild.test"), ..CLIENT });
-    assert!(leaf == c.der("wild.pem"));
+    let env: Vec<_> = sni_env(&t).into_iter().filter(|(k, _)| k.contains(':')).collect();
+    let (_, leaf, _) = session(&t, &["--mandatory-sni"], &env, &ClientOpts { sni: Some("b.wild.test"), ..CLIENT });
+    assert!(leaf == der(&t, "wild.pem"));
     for sni in [Some("other.test"), None] {
-        let (code, run) = failed_handshake(&["-k2"], &sni_env(), &ClientOpts { sni, ..CLIENT });
+        let (code, run) = failed_handshake(&t, &["-k2"], &sni_env(&t), &ClientOpts { sni, ..CLIENT });
         assert_eq!(code, 98, "{sni:?}");
         assert!(run.stderr().contains("ucspi-tlsd: fatal: TLS handshake failed: "), "{}", run.stderr());
     }
 }
 
-fn ca_env(var: &str) -> Vec<(String, String)> {
-    let c = certs();
-    let mut env = base_env();
+fn ca_env(t: &TestDir, var: &str) -> Vec<(String, String)> {
+    let mut env = base_env(t);
     match var {
-        "CAFILE" => env.push(("CAFILE".into(), c.path("ca.pem"))),
+        "CAFILE" => env.push(("CAFILE".into(), path(t, "ca.pem"))),
         _ => {
-            let dir = c.dir.join("cadir");
+            let dir = t.join("cadir-with-readme");
             let _ = std::fs::create_dir(&dir);
-            let _ = std::fs::copy(c.dir.join("ca.pem"), dir.join("ca.pem"));
+            let _ = std::fs::copy(t.certs().ca(), dir.join("ca.pem"));
             let _ = std::fs::write(dir.join("README"), "not a certificate\n");
             env.push(("CADIR".into(), dir.to_str().expect("utf8").to_owned()));
         }
@@ -573,39 +472,42 @@ fn ca_env(var: &str) -> Vec<(String, String)> {
 
 #[test]
 fn optional_client_certificate() {
-    let c = certs();
+    let t = TestDir::new("tlsd_optional_client_certificate");
     // None sent: fine, the fields are unset.
-    let (report, _, _) = session(&["-Y"], &ca_env("CAFILE"), &CLIENT);
+    let (report, _, _) = session(&t, &["-Y"], &ca_env(&t, "CAFILE"), &CLIENT);
     let info = parse_info(report.info.as_deref().expect("info"));
     assert_eq!(field(&info, "SSL_PEER_CERT_HASH"), None);
     // One sent: hash and subject.
     let opts = ClientOpts { cert: Some("client"), ..CLIENT };
     for var in ["CAFILE", "CADIR"] {
-        let (report, _, _) = session(&["-Y"], &ca_env(var), &opts);
+        let (report, _, _) = session(&t, &["-Y"], &ca_env(&t, var), &opts);
         let info = parse_info(report.info.as_deref().expect("info"));
-        let want_hash = chainmail_tls::certificate_hash(&c.der("client.pem"));
+        let want_hash = chainmail_tls::certificate_hash(&der(&t, "client.pem"));
         assert_eq!(field(&info, "SSL_PEER_CERT_HASH"), Some(want_hash.as_str()));
         assert_eq!(field(&info, "SSL_PEER_CERT_SUBJECT"), Some("CN=client.test,O=Test"));
     }
     // An untrusted one fails even when optional.
-    let (code, _) = failed_handshake(&["-Y"], &ca_env("CAFILE"), &ClientOpts { cert: Some("stranger"), ..CLIENT });
+    let (code, _) =
+        failed_handshake(&t, &["-Y"], &ca_env(&t, "CAFILE"), &ClientOpts { cert: Some("rogue-client"), ..CLIENT });
     assert_eq!(code, 98);
 }
 
 #[test]
 fn mandatory_client_certificate() {
-    let (report, _, _) = session(&["-y"], &ca_env("CADIR"), &ClientOpts { cert: Some("client"), ..CLIENT });
+    let t = TestDir::new("tlsd_mandatory_client_certificate");
+    let (report, _, _) = session(&t, &["-y"], &ca_env(&t, "CADIR"), &ClientOpts { cert: Some("client"), ..CLIENT });
     let info = parse_info(report.info.as_deref().expect("info"));
     assert_eq!(field(&info, "SSL_PEER_CERT_SUBJECT"), Some("CN=client.test,O=Test"));
-    for cert in [None, Some("stranger"), Some("expired")] {
-        let (code, run) = failed_handshake(&["-y"], &ca_env("CAFILE"), &ClientOpts { cert, ..CLIENT });
+    for cert in [None, Some("rogue-client"), Some("expired")] {
+        let (code, run) = failed_handshake(&t, &["-y"], &ca_env(&t, "CAFILE"), &ClientOpts { cert, ..CLIENT });
         assert_eq!(code, 98, "{cert:?}: {}", run.stderr());
     }
 }
 
 #[test]
 fn handshake_timeout() {
-    let mut run = start(&["-K", "300"], "hold", &base_env());
+    let t = TestDir::new("tlsd_handshake_timeout");
+    let mut run = start(&t, &["-K", "300"], "hold", &base_env(&t));
     let _net = run.net(); // the peer sends nothing
     let (code, took) = run.engine_exit_and_time();
     assert_eq!(code, 98);
@@ -615,14 +517,14 @@ fn handshake_timeout() {
 
 #[test]
 fn environment_cleaning() {
-    let c = certs();
-    let mut env = sni_env();
-    env.push(("CAFILE".into(), c.path("ca.pem")));
-    env.push(("CADIR".into(), c.dir.to_str().expect("utf8").to_owned()));
+    let t = TestDir::new("tlsd_environment_cleaning");
+    let mut env = sni_env(&t);
+    env.push(("CAFILE".into(), path(&t, "ca.pem")));
+    env.push(("CADIR".into(), t.certs().dir().to_str().expect("utf8").to_owned()));
     env.push(("TLS_UID".into(), "0".into()));
     env.push(("TLS_GID".into(), "0".into()));
     env.push(("CAT".into(), "meow".into()));
-    let (report, _, _) = session(&[], &env, &CLIENT);
+    let (report, _, _) = session(&t, &[], &env, &CLIENT);
     let vars = |r: &Report| {
         let mut names: Vec<String> = r
             .env
@@ -634,53 +536,47 @@ fn environment_cleaning() {
         names
     };
     assert_eq!(vars(&report), ["CAT", "SSLCTLFD", "SSLREADFD", "SSLWRITEFD"]);
-    let (report, _, _) = session(&["-Z"], &env, &CLIENT);
+    let (report, _, _) = session(&t, &["-Z"], &env, &CLIENT);
     let kept = vars(&report);
     for name in
         ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "CERTFILE:mail.test", "KEYFILE:*.wild.test", "TLS_UID", "TLS_GID"]
     {
         assert!(kept.iter().any(|k| k == name), "{name} kept with -Z: {kept:?}");
     }
-    let (report, _, _) = session(&["-Z", "-z"], &env, &CLIENT);
+    let (report, _, _) = session(&t, &["-Z", "-z"], &env, &CLIENT);
     assert_eq!(vars(&report), ["CAT", "SSLCTLFD", "SSLREADFD", "SSLWRITEFD"]);
 }
 
 #[test]
 fn privileges_are_dropped_after_loading_keys() {
-    if !nix_is_root() {
+    let t = TestDir::new("tlsd_privileges_are_dropped_after_loading_keys");
+    if !nix::unistd::Uid::effective().is_root() {
         eprintln!("not root: skipping the privilege test");
         return;
     }
     // The key is readable by root only; the engine reads it, then drops.
-    let c = certs();
-    let key = c.dir.join("root-only.key");
-    std::fs::copy(c.dir.join("default.key"), &key).expect("copy");
+    let key = t.certs().dir().join("root-only.key");
+    std::fs::copy(t.certs().dir().join("a.key"), &key).expect("copy");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
     let env = vec![
-        ("CERTFILE".to_owned(), c.path("default.pem")),
+        ("CERTFILE".to_owned(), path(&t, "a.pem")),
         ("KEYFILE".to_owned(), key.to_str().expect("utf8").to_owned()),
         ("TLS_UID".to_owned(), "65534".to_owned()),
         ("TLS_GID".to_owned(), "65533".to_owned()),
     ];
-    let (report, _, _) = session(&[], &env, &CLIENT);
+    let (report, _, _) = session(&t, &[], &env, &CLIENT);
     assert_eq!(report.engine_ids, (65534, 65533));
     assert!(!report.env.contains("TLS_UID"));
     // Without the variables, the engine stays what it was.
-    let (report, _, _) = session(&[], &base_env(), &CLIENT);
+    let (report, _, _) = session(&t, &[], &base_env(&t), &CLIENT);
     assert_eq!(report.engine_ids, (0, 0));
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }
 
 #[test]
 fn close_notify_with_capital_s() {
-    let mut run = start(&["-S"], "y", &base_env());
-    let mut tls = Tls::connect(run.net(), &CLIENT).expect("handshake");
+    let t = TestDir::new("tlsd_close_notify_with_capital_s");
+    let mut run = start(&t, &["-S"], "y", &base_env(&t));
+    let mut tls = Tls::connect(&t, run.net(), &CLIENT).expect("handshake");
     tls.report();
     tls.echo(b"QUIT\r\n");
     assert!(tls.close(), "-S: the server's EOF comes with close_notify");
@@ -689,16 +585,17 @@ fn close_notify_with_capital_s() {
 
 #[test]
 fn enforce_close_notify() {
+    let t = TestDir::new("tlsd_enforce_close_notify");
     // -J: the client just closes the socket.
-    let mut run = start(&["-J"], "y", &base_env());
-    let mut tls = Tls::connect(run.net(), &CLIENT).expect("handshake");
+    let mut run = start(&t, &["-J"], "y", &base_env(&t));
+    let mut tls = Tls::connect(&t, run.net(), &CLIENT).expect("handshake");
     tls.report();
     tls.stream.sock.shutdown(std::net::Shutdown::Write).expect("shutdown");
     assert_eq!(run.engine_exit(), 98);
     assert!(run.stderr().contains("without close_notify"), "{}", run.stderr());
     // -j: the same is a normal end.
-    let mut run = start(&[], "y", &base_env());
-    let mut tls = Tls::connect(run.net(), &CLIENT).expect("handshake");
+    let mut run = start(&t, &[], "y", &base_env(&t));
+    let mut tls = Tls::connect(&t, run.net(), &CLIENT).expect("handshake");
     tls.report();
     tls.stream.sock.shutdown(std::net::Shutdown::Write).expect("shutdown");
     assert_eq!(run.engine_exit(), 0);
@@ -707,24 +604,25 @@ fn enforce_close_notify() {
 
 #[test]
 fn missing_key_material_exits_96_before_forking() {
-    let mut run = start(&[], "Y", &[]);
+    let t = TestDir::new("tlsd_missing_key_material_exits_96_before_forking");
+    let mut run = start(&t, &[], "Y", &[]);
     assert_eq!(run.wait_app(), 96);
     assert!(run.stderr().contains("ucspi-tlsd: fatal: CERTFILE is not set"), "{}", run.stderr());
     assert!(!run.result.exists(), "prog never ran");
 
-    let mut run = start(&["-y"], "Y", &base_env());
+    let mut run = start(&t, &["-y"], "Y", &base_env(&t));
     assert_eq!(run.wait_app(), 96);
     assert!(run.stderr().contains("CAFILE or CADIR"), "{}", run.stderr());
 
-    let mut run = start(&["--mandatory-sni"], "Y", &base_env());
+    let mut run = start(&t, &["--mandatory-sni"], "Y", &base_env(&t));
     assert_eq!(run.wait_app(), 96);
 }
 
 #[test]
 fn unreadable_key_material_exits_96_in_the_engine() {
-    let c = certs();
-    let env = vec![("CERTFILE".to_owned(), c.path("nonexistent.pem")), ("KEYFILE".to_owned(), c.path("default.key"))];
-    let mut run = start(&[], "Y", &env);
+    let t = TestDir::new("tlsd_unreadable_key_material_exits_96_in_the_engine");
+    let env = vec![("CERTFILE".to_owned(), path(&t, "nonexistent.pem")), ("KEYFILE".to_owned(), path(&t, "a.key"))];
+    let mut run = start(&t, &[], "Y", &env);
     let mut net = run.net();
     assert_eq!(run.engine_exit(), 96);
     assert!(run.stderr().contains("unable to read CERTFILE="), "{}", run.stderr());
@@ -732,15 +630,15 @@ fn unreadable_key_material_exits_96_in_the_engine() {
     let mut buf = Vec::new();
     let _ = net.read_to_end(&mut buf);
     // A key that does not match the certificate.
-    let env = vec![("CERTFILE".to_owned(), c.path("default.pem")), ("KEYFILE".to_owned(), c.path("mail.key"))];
-    let mut run = start(&[], "Y", &env);
+    let env = vec![("CERTFILE".to_owned(), path(&t, "a.pem")), ("KEYFILE".to_owned(), path(&t, "b.key"))];
+    let mut run = start(&t, &[], "Y", &env);
     assert_eq!(run.engine_exit(), 96);
 }
 
 #[test]
 fn usage_errors_exit_100() {
     for args in [&[][..], &["-q", "prog"], &["-v"], &["-K", "soon", "prog"]] {
-        let out = Command::new(BIN)
+        let out = Command::new(bin("ucspi-tlsd"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -755,11 +653,11 @@ fn usage_errors_exit_100() {
 
 #[test]
 fn exec_failure_exits_111() {
-    let c = certs();
-    let out = Command::new(BIN)
-        .arg(c.dir.join("no-such-program"))
+    let t = TestDir::new("tlsd_exec_failure_exits_111");
+    let out = Command::new(bin("ucspi-tlsd"))
+        .arg(t.certs().dir().join("no-such-program"))
         .env_clear()
-        .envs(base_env())
+        .envs(base_env(&t))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

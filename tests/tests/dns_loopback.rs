@@ -1,14 +1,13 @@
-//! `Resolver` against a real DNS server on loopback
-//! (`tests/peers/dnsserver.py`).
-
-mod support;
+//! chainmail-dns's `Resolver` against a real DNS server on loopback
+//! (`tests/peers/dnsserver.py`, [`chainmail_tests::peer::DnsServer`]).
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use chainmail_dns::{ATTEMPT_TIMEOUT, ATTEMPTS_WITHOUT_DEADLINE, DnsError, Exchanger, Resolver, Servers, Source};
-use support::DnsServer;
+use chainmail_tests::TestDir;
+use chainmail_tests::peer::DnsServer;
 
 /// The timing test runs alone (write lock); the others share (read lock),
 /// so that their servers starting up do not eat its CPU.
@@ -60,6 +59,14 @@ fn plan(server: &DnsServer, host: &str) -> Result<Vec<Exchanger>, DnsError> {
     resolver(server).plan_mx(host, within(5000))
 }
 
+/// `plan_mx` of `host` by a new resolver for `server`, with a deadline `ms`
+/// milliseconds from now (`None`: no deadline), and how long it took.
+fn timed_plan(server: &DnsServer, host: &str, ms: Option<u64>) -> (Result<Vec<Exchanger>, DnsError>, Duration) {
+    let t0 = Instant::now();
+    let r = resolver(server).plan_mx(host, ms.and_then(within));
+    (r, t0.elapsed())
+}
+
 fn expect_temporary(r: Result<Vec<Exchanger>, DnsError>, needle: &str) -> DnsError {
     match r {
         Err(e @ DnsError::Temporary { .. }) => {
@@ -88,8 +95,9 @@ d.example.test AAAA 2001:db8::d1
 
 #[test]
 fn mx_order_preference_ties_and_interleaving() {
+    let dir = TestDir::new("dns_mx_order_preference_ties_and_interleaving");
     let _shared = shared();
-    let server = DnsServer::start(ORDER_ZONE);
+    let server = DnsServer::start(&dir, ORDER_ZONE);
     let mut r = resolver(&server);
     let mut seen_ab = false;
     let mut seen_ba = false;
@@ -123,8 +131,10 @@ fn mx_order_preference_ties_and_interleaving() {
 
 #[test]
 fn implicit_mx() {
+    let dir = TestDir::new("dns_implicit_mx");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 plain.test A 192.0.2.5
 plain.test AAAA 2001:db8::5
@@ -150,7 +160,7 @@ target.test A 192.0.2.6
     assert_eq!(list[0].addrs, ips(&["192.0.2.6"]));
     assert_eq!(list[0].source, Source::ImplicitMx);
     // An existing name without MX and without addresses: #5.4.4.
-    let server2 = DnsServer::start("bare.test TXT nothing here\n");
+    let server2 = DnsServer::start(&dir, "bare.test TXT nothing here\n");
     match plan(&server2, "bare.test") {
         Err(e @ DnsError::NoAddresses { .. }) => assert!(e.is_permanent()),
         other => panic!("{other:?}"),
@@ -159,8 +169,10 @@ target.test A 192.0.2.6
 
 #[test]
 fn null_mx_and_nxdomain_are_permanent() {
+    let dir = TestDir::new("dns_null_mx_and_nxdomain_are_permanent");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 nomail.test MX 0 .
 nomail.test A 192.0.2.1
@@ -191,8 +203,10 @@ exists.test A 192.0.2.1
 
 #[test]
 fn servfail_and_refused_are_temporary() {
+    let dir = TestDir::new("dns_servfail_and_refused_are_temporary");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 broken.test SERVFAIL
 shut.test REFUSED
@@ -206,11 +220,11 @@ shut.test REFUSED
 
 #[test]
 fn a_server_that_never_answers() {
+    let dir = TestDir::new("dns_a_server_that_never_answers");
     let _shared = shared();
-    let server = DnsServer::start("hole.test DROP\n");
-    let t0 = Instant::now();
-    let e = expect_temporary(resolver(&server).plan_mx("hole.test", within(1200)), "deadline");
-    let took = t0.elapsed();
+    let server = DnsServer::start(&dir, "hole.test DROP\n");
+    let (r, took) = timed_plan(&server, "hole.test", Some(1200));
+    let e = expect_temporary(r, "deadline");
     println!("never answers, deadline 1.2 s: {took:?}: {e}");
     assert!(took >= Duration::from_millis(1150) && took < Duration::from_millis(1700), "{took:?}");
     let log = {
@@ -224,11 +238,11 @@ fn a_server_that_never_answers() {
 
 #[test]
 fn a_server_that_never_answers_without_deadline() {
+    let dir = TestDir::new("dns_a_server_that_never_answers_without_deadline");
     let _shared = shared();
-    let server = DnsServer::start("hole.test DROP\n");
-    let t0 = Instant::now();
-    let e = expect_temporary(resolver(&server).plan_mx("hole.test", None), "timed out");
-    let took = t0.elapsed();
+    let server = DnsServer::start(&dir, "hole.test DROP\n");
+    let (r, took) = timed_plan(&server, "hole.test", None);
+    let e = expect_temporary(r, "timed out");
     println!("never answers, no deadline: {took:?}: {e}");
     let bound = ATTEMPT_TIMEOUT * ATTEMPTS_WITHOUT_DEADLINE + Duration::from_secs(2);
     assert!(took < bound, "{took:?}");
@@ -236,8 +250,10 @@ fn a_server_that_never_answers_without_deadline() {
 
 #[test]
 fn dead_exchangers_are_dropped() {
+    let dir = TestDir::new("dns_dead_exchangers_are_dropped");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 one.test MX 10 gone.one.test
 one.test MX 20 ok.one.test
@@ -276,8 +292,10 @@ mx.mixed.test AAAA SERVFAIL
 
 #[test]
 fn truncated_answer_is_retried_over_tcp() {
+    let dir = TestDir::new("dns_truncated_answer_is_retried_over_tcp");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 big.test TRUNCATE
 big.test MX 10 mx.big.test
@@ -295,8 +313,10 @@ mx.big.test A 192.0.2.9
 
 #[test]
 fn cnames() {
+    let dir = TestDir::new("dns_cnames");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 alias.test CNAME real.test
 real.test MX 10 mxalias.real.test
@@ -327,8 +347,10 @@ mx.elsewhere.example A 192.0.2.11
 
 #[test]
 fn slow_dns_two_rounds_under_450ms() {
+    let dir = TestDir::new("dns_slow_dns_two_rounds_under_450ms");
     let _alone = TIMING.write().unwrap_or_else(|e| e.into_inner());
     let server = DnsServer::start_delayed(
+        &dir,
         "
 slow.test MX 10 mx1.slow.test
 slow.test MX 20 mx2.slow.test
@@ -366,8 +388,10 @@ mx3.slow.test AAAA ::3
 
 #[test]
 fn resolve_host_for_relays() {
+    let dir = TestDir::new("dns_resolve_host_for_relays");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 relay.test A 192.0.2.20
 relay.test AAAA 2001:db8::20
@@ -420,8 +444,9 @@ fn literals_need_no_dns() {
 
 #[test]
 fn a_dead_server_next_to_a_live_one() {
+    let dir = TestDir::new("dns_a_dead_server_next_to_a_live_one");
     let _shared = shared();
-    let server = DnsServer::start("ok.test MX 10 mx.ok.test\nmx.ok.test A 192.0.2.30\n");
+    let server = DnsServer::start(&dir, "ok.test MX 10 mx.ok.test\nmx.ok.test A 192.0.2.30\n");
     let hole = black_hole();
     let r = resolver_for(vec![addr_of(&hole), server.addr]);
     let t0 = Instant::now();
@@ -447,8 +472,9 @@ fn a_closed_port_is_temporary_and_bounded() {
 
 #[test]
 fn dnscacheip_with_a_port() {
+    let dir = TestDir::new("dns_dnscacheip_with_a_port");
     let _shared = shared();
-    let server = DnsServer::start("ok.test MX 10 mx.ok.test\nmx.ok.test A 192.0.2.31\n");
+    let server = DnsServer::start(&dir, "ok.test MX 10 mx.ok.test\nmx.ok.test A 192.0.2.31\n");
     let value = format!("127.0.0.1:{}", server.addr.port());
     let servers = Servers::from_dnscacheip(&value).expect("DNSCACHEIP");
     assert_eq!(servers.addrs(), [server.addr]);
@@ -458,8 +484,10 @@ fn dnscacheip_with_a_port() {
 
 #[test]
 fn the_deadline_keeps_what_was_found() {
+    let dir = TestDir::new("dns_the_deadline_keeps_what_was_found");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 part.test MX 10 fast.part.test
 part.test MX 20 stuck.part.test
@@ -467,13 +495,12 @@ fast.part.test A 192.0.2.40
 stuck.part.test DROP
 ",
     );
-    let t0 = Instant::now();
-    let list = ok(resolver(&server).plan_mx("part.test", within(1000)));
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "part.test", Some(1000));
+    let list = ok(r);
     assert_eq!(names(&list), ["fast.part.test"]);
     assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1500), "{took:?}");
     // Nothing found before the deadline: temporary.
-    let server = DnsServer::start("part.test MX 10 stuck.part.test\nstuck.part.test DROP\n");
+    let server = DnsServer::start(&dir, "part.test MX 10 stuck.part.test\nstuck.part.test DROP\n");
     expect_temporary(
         resolver(&server).plan_mx("part.test", within(800)),
         "stuck.part.test: no answer within the DNS deadline",
@@ -482,8 +509,10 @@ stuck.part.test DROP
 
 #[test]
 fn a_silent_backup_exchanger_does_not_hold_the_delivery() {
+    let dir = TestDir::new("dns_a_silent_backup_exchanger_does_not_hold_the_delivery");
     let _shared = shared();
     let server = DnsServer::start(
+        &dir,
         "
 slowbackup.test MX 10 good.slowbackup.test
 slowbackup.test MX 20 silent.slowbackup.test
@@ -492,14 +521,14 @@ good.slowbackup.test AAAA 2001:db8::50
 silent.slowbackup.test DROP
 ",
     );
-    let t0 = Instant::now();
-    let list = ok(resolver(&server).plan_mx("slowbackup.test", within(30_000)));
-    let took = t0.elapsed();
+    let (r, took) = timed_plan(&server, "slowbackup.test", Some(30_000));
+    let list = ok(r);
     assert_eq!(names(&list), ["good.slowbackup.test"]);
     assert!(took < chainmail_dns::BACKUP_GRACE + Duration::from_millis(1500), "{took:?}");
     // When the best exchanger has no address yet, the backup is waited
     // for (here: until the deadline, as nothing answers for it).
     let server = DnsServer::start(
+        &dir,
         "
 slowbest.test MX 10 silent.slowbest.test
 slowbest.test MX 20 good.slowbest.test

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""A UCSPI-TLS application for the ucspi-tlsd integration tests.
+"""A UCSPI-TLS application for the ucspi-tlsd integration tests
+(tests/tests/ucspi_tlsd.rs).
 
-usage: app.py MODE RESULTFILE
+usage: ucspi-tlsd-app.py MODE RESULTFILE
 
 MODE
   decline  close SSLCTLFD, then answer one plaintext line on fds 0/1
