@@ -15,10 +15,12 @@ pub mod address;
 pub mod netstring;
 pub mod reply;
 pub mod request;
+pub mod server;
 
 pub use address::{AddressCheck, AddressProblem, check_address};
 pub use reply::{Reply, ReplyError, ReplyParser, Verdict};
 pub use request::{Limits, Rejection, Request, RequestParser, Status, encode_request};
+pub use server::{BadServer, ServerSpec};
 
 /// The QMQP port.
 pub const QMQP_PORT: u16 = 628;
