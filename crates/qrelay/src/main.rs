@@ -246,9 +246,16 @@ fn daemon(o: &Options, script: Script) -> Result<u8, Error> {
 /// The peer of a UCSPI connection: SO_PEERCRED when fd 0 is a Unix
 /// socket, else the UCSPI environment.
 fn ucspi_peer(fd0: &std::os::fd::OwnedFd) -> Peer {
-    use nix::sys::socket::{getsockopt, sockopt};
-    if let Ok(c) = getsockopt(fd0, sockopt::PeerCredentials) {
-        return Peer { pid: Some(c.pid()), uid: Some(c.uid()), gid: Some(c.gid()), ip: None };
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+    use std::os::fd::AsRawFd;
+    // SO_PEERCRED answers on a TCP socket too (pid 0, uid -1): only a
+    // Unix socket's answer counts.
+    let unix =
+        getsockname::<SockaddrStorage>(fd0.as_raw_fd()).ok().and_then(|a| a.family()) == Some(AddressFamily::Unix);
+    if unix {
+        if let Ok(c) = getsockopt(fd0, sockopt::PeerCredentials) {
+            return Peer { pid: Some(c.pid()), uid: Some(c.uid()), gid: Some(c.gid()), ip: None };
+        }
     }
     let num = |n: &str| std::env::var(n).ok().and_then(|v| v.parse().ok());
     let ip = std::env::var("TCPREMOTEIP").ok().and_then(|v| v.parse().ok());

@@ -230,3 +230,129 @@ pub fn full_listener() -> ((std::os::fd::OwnedFd, Vec<std::net::TcpStream>), u16
     }
     ((fd, fillers), port)
 }
+
+/// qrelay running as a daemon on a configuration, started with
+/// `NOTIFY_SOCKET` pointing into the test directory and waited for
+/// (`READY=1`); stopped by PID (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Qrelay {
+    child: Option<Child>,
+    /// Its configuration file.
+    pub config: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Qrelay {
+    /// Writes `config` to `dir/config.lua` and starts qrelay on it.
+    pub fn start(dir: &TestDir, config: &str) -> Qrelay {
+        Self::start_with(dir, config, |program, args| {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        })
+    }
+
+    /// Like [`Qrelay::start`], with the command line made by `wrap` from
+    /// qrelay's path and arguments (the environment and stdio are set
+    /// afterwards).
+    pub fn start_with(
+        dir: &TestDir,
+        config: &str,
+        wrap: impl FnOnce(&Path, &[std::ffi::OsString]) -> Command,
+    ) -> Qrelay {
+        use std::os::unix::net::UnixDatagram;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config_path = dir.join(format!("config-{n}.lua"));
+        std::fs::write(&config_path, config).expect("write config");
+        let notify = dir.join(format!("notify-{n}.sock"));
+        let ready = UnixDatagram::bind(&notify).expect("bind the notify socket");
+        ready.set_read_timeout(Some(secs(30))).expect("timeout");
+        let stderr = dir.join(format!("qrelay-{n}.stderr"));
+        let mut cmd = wrap(&bin("qrelay"), &["--config".into(), config_path.clone().into_os_string()]);
+        cmd.env_clear()
+            .env("NOTIFY_SOCKET", &notify)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .process_group(0);
+        let child = cmd.spawn().expect("start qrelay");
+        let mut buf = [0u8; 64];
+        let got = ready.recv(&mut buf);
+        let q = Qrelay { child: Some(child), config: config_path, stderr };
+        match got {
+            Ok(n) if &buf[..n] == b"READY=1" => q,
+            other => panic!("qrelay did not get ready: {other:?}\n{}", q.stderr()),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends it a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).expect("signal qrelay");
+    }
+
+    /// What it wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits (bounded, polling the file) until its stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + secs(30);
+        loop {
+            let text = self.stderr();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "qrelay never logged {needle:?}:\n{text}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit: its exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("qrelay did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Qrelay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `request` to the Unix socket `path` (then half-closes when
+/// `half_close`), and reads until EOF (bounded): the reply bytes.
+pub fn raw_client(path: &Path, request: &[u8], half_close: bool) -> Vec<u8> {
+    let mut s = UnixStream::connect(path).expect("connect to qrelay");
+    s.set_read_timeout(Some(secs(30))).expect("timeout");
+    s.set_write_timeout(Some(secs(30))).expect("timeout");
+    let _ = s.write_all(request);
+    if half_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
