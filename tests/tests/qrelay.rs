@@ -509,3 +509,58 @@ fn cgroup_attributes_of_a_client_in_its_own_cgroup() {
         eprintln!("note: the cgroup fs refuses user xattrs here: xattr not checked");
     }
 }
+
+#[test]
+fn notify_fd_and_abstract_sockets() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let dir = TestDir::new("qrelay_notify_fd");
+    let name = format!("chainmail-qrelay-test-{}", std::process::id());
+    let up = ScriptedServer::unix(&dir.join("up.sock"), vec![Script::Reply(b"3:Kok,".to_vec())]);
+    std::fs::write(
+        dir.join("abstract.lua"),
+        format!("up = qmqp_resolve('{}')\nqmqp_listen('@{name}', function(m) return m:connect(up) end)\n", up.entry),
+    )
+    .expect("write");
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).expect("inherit");
+    let w = write_end.as_raw_fd();
+    let mut cmd = Command::new("/bin/bash");
+    cmd.arg("-c")
+        .arg(format!("exec \"$0\" --config \"$1\" --notify-fd 3 3>&{w} {w}>&-"))
+        .arg(bin("qrelay"))
+        .arg(dir.join("abstract.lua"))
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0).spawn().expect("start qrelay");
+    drop(write_end);
+    // The newline, then EOF (qrelay closed it): bounded by a reader thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(read_end);
+        let mut got = Vec::new();
+        let _ = f.read_to_end(&mut got);
+        let _ = tx.send(got);
+    });
+    let got = rx.recv_timeout(secs(30));
+    let ok = got.as_deref() == Ok(&b"\n"[..]);
+    // The abstract listener works.
+    let reply = if ok {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+        let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
+        s.set_read_timeout(Some(secs(30))).expect("timeout");
+        std::io::Write::write_all(&mut s, &encode_request(b"m", b"", &[b"c@d"])).expect("write");
+        let mut r = Vec::new();
+        let _ = s.read_to_end(&mut r);
+        r
+    } else {
+        Vec::new()
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "no readiness newline: {got:?}");
+    assert_eq!(reply, b"3:Kok,");
+    up.request();
+}
