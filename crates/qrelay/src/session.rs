@@ -29,6 +29,10 @@ const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// dropped (so that a client still writing sees the reply, not a reset).
 const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// The read buffer of a session, and what it grows to for a large message.
+const SMALL_BUFFER: usize = 4096;
+const LARGE_BUFFER: usize = 65536;
+
 /// What a listener gives each of its sessions.
 #[derive(Debug)]
 pub struct Listener {
@@ -67,8 +71,11 @@ enum Read {
 
 async fn read_request(r: &mut (impl AsyncRead + Unpin), limits: Limits, deadline: Instant) -> Read {
     let mut parser = RequestParser::new(limits);
-    // Small while the client is idle; larger once a message comes.
-    let mut buf = vec![0u8; 4096];
+    // Small for idle clients and small messages (a thousand idle
+    // connections must not cost 64 KiB each); larger once a client has
+    // sent that much, for the copies of a large message.
+    let mut buf = vec![0u8; SMALL_BUFFER];
+    let mut total = 0usize;
     loop {
         let limit = (Instant::now() + IDLE_TIMEOUT).min(deadline);
         let n = match timeout_at(limit, r.read(&mut buf)).await {
@@ -83,8 +90,9 @@ async fn read_request(r: &mut (impl AsyncRead + Unpin), limits: Limits, deadline
             (_, Status::Complete(_)) => return Read::Refused(Rejection::Malformed),
             (_, Status::Rejected(why)) => return Read::Refused(why),
         }
-        if buf.len() < 65536 && parser.started() {
-            buf.resize(65536, 0);
+        total += n;
+        if buf.len() < LARGE_BUFFER && total >= LARGE_BUFFER {
+            buf.resize(LARGE_BUFFER, 0);
         }
     }
 }
