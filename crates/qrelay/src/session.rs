@@ -210,9 +210,9 @@ fn log_line(
 async fn write_reply(w: &mut (impl AsyncWrite + Unpin), reply: &Reply) {
     let bytes = reply.encode();
     let _ = timeout(REPLY_WRITE_TIMEOUT, async {
+        // The connection is closed when the session ends.
         w.write_all(&bytes).await?;
-        w.flush().await?;
-        w.shutdown().await
+        w.flush().await
     })
     .await;
 }
