@@ -98,9 +98,24 @@ fn qmqpc_through_qrelay_to_qmqp_sink_and_qmqp_source_load() {
 fn actions_discard_reject_and_failover() {
     let dir = TestDir::new("qrelay_actions");
     let good = ScriptedServer::unix(&dir.join("good.sock"), vec![Script::Reply(b"3:Kok,".to_vec())]);
+    let odd = ScriptedServer::unix(
+        &dir.join("odd.sock"),
+        vec![Script::Reply(b"3:Xok,".to_vec()), Script::Close, Script::Reply(b"300:Ktoo long".to_vec())],
+    );
     let dead = dir.join("dead.sock").display().to_string();
-    let globals = format!("good = qmqp_resolve('{}') dead = qmqp_resolve('{dead}')", good.entry);
+    let globals = format!(
+        "good = qmqp_resolve('{}') odd = qmqp_resolve('{}') dead = qmqp_resolve('{dead}')",
+        good.entry, odd.entry
+    );
     let handler = "local r = m.recipients[1]
+        if r == 'odd@x' then return m:connect(odd) end
+        local function n(k) local a = {} for i = 1, k do a[i] = 'x' end return a end
+        local function env(k) local e = {} for i = 1, k do e['V' .. i] = 'x' end return e end
+        if r == 'args32@x' then local a = n(32) a[#a + 1] = {env = env(32)} return m:exec('/bin/echo', table.unpack(a)) end
+        if r == 'args@x' then return m:exec('/bin/echo', table.unpack(n(33))) end
+        if r == 'env@x' then return m:exec('/bin/echo', {env = env(33)}) end
+        if r == 'timeout@x' then return m:exec('/bin/true', {timeout = 3601}) end
+        if r == 'relative@x' then return m:exec('true') end
         if r == 'discard@x' then return m:discard() end
         if r == 'reject@x' then return m:reject() end
         if r == 'dead@x' then return m:connect(dead) end
@@ -108,6 +123,7 @@ fn actions_discard_reject_and_failover() {
         if r == 'throw@x' then error('boom') end
         return m:connect({dead, '127.0.0.1:1', good})";
     let q = Qrelay::start(&dir, &config(&dir, &globals, handler));
+    let mut seen = std::collections::HashMap::new();
     for (rcpt, code, reply) in [
         ("discard@x", 0, "Kdiscarded"),
         ("reject@x", 31, "Drejected"),
@@ -115,10 +131,21 @@ fn actions_discard_reject_and_failover() {
         ("nothing@x", 71, "Zscript failed"),
         ("throw@x", 71, "Zscript failed"),
         ("failover@x", 0, "Kok"),
+        ("odd@x", 71, "Zmalformed relay response"),
+        ("odd@x", 71, "Zrelay failed"),
+        ("odd@x", 71, "Zmalformed relay response"),
+        ("args32@x", 71, "Zmalformed relay response"),
+        ("args@x", 71, "Zscript failed"),
+        ("env@x", 71, "Zscript failed"),
+        ("timeout@x", 71, "Zscript failed"),
+        ("relative@x", 71, "Zscript failed"),
     ] {
         let out = send(&dir, MESSAGE, format!("Fa@b\0T{rcpt}\0\0").as_bytes());
         assert_eq!(out.code(), Some(code), "{rcpt}: {}", out.describe());
-        q.wait_log(&format!("to=<{rcpt}> size=45 reply={reply}"));
+        let line = format!("to=<{rcpt}> size=45 reply={reply}");
+        let n = seen.entry(line.clone()).or_insert(0);
+        *n += 1;
+        q.wait_log_count(&line, *n);
     }
     good.request();
 }
@@ -345,7 +372,15 @@ fn UnixStreamConnectFails(p: &Path) -> bool {
 fn check_prints_listeners_or_the_lua_error() {
     let dir = TestDir::new("qrelay_check");
     let good = dir.join("good.lua");
-    std::fs::write(&good, "qmqp_listen('/run/x.sock', function(m) return m:discard() end)\nqmqp_listen('@abs', function(m) return m:reject() end)\n").expect("write");
+    std::fs::write(
+        &good,
+        "a = qmqp_resolve('localhost:1234') b = qmqp_resolve('[::1]:4321') c = qmqp_resolve('192.0.2.1')\n\
+         d = qmqp_resolve('/run/s.sock') e = qmqp_resolve('@s')\n\
+         assert(tostring(a):find(':1234') and tostring(b) == '[::1]:4321' and tostring(c) == '192.0.2.1:628')\n\
+         assert(tostring(d) == '/run/s.sock' and tostring(e) == '@s')\n\
+         qmqp_listen('/run/x.sock', function(m) return m:discard() end)\nqmqp_listen('@abs', function(m) return m:reject() end)\n",
+    )
+    .expect("write");
     let out = run(Command::new(bin("qrelay")).arg("--config").arg(&good).arg("--check"), b"", secs(30));
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_eq!(out.stdout_str(), "listen /run/x.sock max_size=16777216\nlisten @abs max_size=16777216\n");
@@ -355,6 +390,7 @@ fn check_prints_listeners_or_the_lua_error() {
         ("address_check = 'loose'\nqmqp_listen('/x', function(m) end)\n", "address_check"),
         ("x = 1\n", "no qmqp_listen"),
         ("qmqp_listen('/x', function(m) end\n", "bad.lua:"),
+        ("a = qmqp_resolve('no such host.invalid')\nqmqp_listen('/x', function(m) end)\n", "bad.lua:1:"),
     ] {
         let bad = dir.join("bad.lua");
         std::fs::write(&bad, text).expect("write");

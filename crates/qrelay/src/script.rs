@@ -370,11 +370,34 @@ impl Script {
 /// traceback.
 pub fn lua_error_text(e: &mlua::Error) -> String {
     let text = match e {
-        mlua::Error::CallbackError { cause, .. } => return lua_error_text(cause),
+        mlua::Error::CallbackError { cause, traceback } => {
+            // An error raised by a Rust function: its message has no
+            // position; the first Lua frame of the traceback has it.
+            let msg = lua_error_text(cause);
+            return match lua_position(traceback) {
+                Some(pos) if !has_position(&msg) => format!("{pos}: {msg}"),
+                _ => msg,
+            };
+        }
+        mlua::Error::RuntimeError(msg) => msg.clone(),
         mlua::Error::MemoryError(_) => "not enough memory (lua_memory_limit)".to_owned(),
         other => other.to_string(),
     };
     text.lines().next().unwrap_or("").to_owned()
+}
+
+/// `file:line` of the first Lua frame of a traceback.
+fn lua_position(traceback: &str) -> Option<String> {
+    traceback.lines().map(str::trim).filter(|l| !l.starts_with("[C]")).find_map(|l| {
+        let (file, rest) = l.split_once(':')?;
+        let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        (!file.is_empty() && !line.is_empty() && rest[line.len()..].starts_with(':')).then(|| format!("{file}:{line}"))
+    })
+}
+
+/// Whether a message starts with `file:line:`.
+fn has_position(msg: &str) -> bool {
+    lua_position(msg.lines().next().unwrap_or("")).is_some_and(|p| msg.starts_with(&p))
 }
 
 /// The client, as far as it is known.
@@ -579,6 +602,20 @@ mod tests {
         assert!(check_header(b"X", b"line\r\nInjected: yes").is_err());
         assert!(check_header(b"X", b"\x7f").is_err());
         assert!(check_header(b"X", b"").is_ok());
+    }
+
+    #[test]
+    fn error_positions() {
+        let tb = "stack traceback:\n\t[C]: in ?\n\t[C]: in function 'qmqp_resolve'\n\t/etc/q.lua:3: in main chunk\n\t[C]: in ?";
+        assert_eq!(lua_position(tb), Some("/etc/q.lua:3".into()));
+        assert_eq!(lua_position("stack traceback:\n\t[C]: in ?"), None);
+        assert!(has_position("/etc/q.lua:3: boom"));
+        assert!(!has_position("boom: bang"));
+        let e = mlua::Error::CallbackError {
+            traceback: tb.into(),
+            cause: std::sync::Arc::new(mlua::Error::runtime("not an address")),
+        };
+        assert_eq!(lua_error_text(&e), "/etc/q.lua:3: not an address");
     }
 
     #[test]

@@ -303,10 +303,15 @@ impl Qrelay {
 
     /// Waits (bounded, polling the file) until its stderr contains `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_count(needle, 1)
+    }
+
+    /// Waits (bounded) until its stderr contains `needle` `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize) -> String {
         let deadline = Instant::now() + secs(30);
         loop {
             let text = self.stderr();
-            if text.contains(needle) {
+            if text.matches(needle).count() >= n {
                 return text;
             }
             assert!(Instant::now() < deadline, "qrelay never logged {needle:?}:\n{text}");
