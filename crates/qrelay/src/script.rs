@@ -613,6 +613,7 @@ mod tests {
         assert!(!has_position("boom: bang"));
         let e = mlua::Error::CallbackError {
             traceback: tb.into(),
+            #[allow(clippy::arc_with_non_send_sync)] // mlua's own type, as mlua builds it
             cause: std::sync::Arc::new(mlua::Error::runtime("not an address")),
         };
         assert_eq!(lua_error_text(&e), "/etc/q.lua:3: not an address");
