@@ -453,3 +453,73 @@ mod tests {
         assert_eq!(whole, encode_request(b"X: 1\n", b"a@b", &[b"c@d"]));
     }
 }
+
+/// The fuzz target's properties on deterministic pseudo-random inputs
+/// (valid requests with bytes changed, cut or inserted), so that they run
+/// with the unit tests too.
+#[cfg(test)]
+mod mutations {
+    use super::*;
+
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn parse(limits: Limits, data: &[u8], chunk: usize) -> (usize, Status) {
+        let mut p = RequestParser::new(limits);
+        let mut total = 0;
+        for piece in data.chunks(chunk.max(1)) {
+            let (n, status) = p.feed(piece);
+            total += n;
+            if status != Status::NeedMore {
+                return (total, status);
+            }
+        }
+        (total, Status::NeedMore)
+    }
+
+    #[test]
+    fn mutated_requests_keep_the_invariants() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let seeds = [
+            encode_request(b"Subject: x\n\nbody\n", b"a@b", &[b"c@d", b"e@f"]),
+            encode_request(b"", b"", &[b"c@d"]),
+            encode_request(&[b'x'; 300], b"#@[]", &[b"c@d"; 8]),
+        ];
+        let alphabet = b"0123456789:,@x\0";
+        for round in 0..20_000 {
+            let mut data = seeds[round % seeds.len()].clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(data.len());
+                match rng.below(3) {
+                    0 => data[at] = alphabet[rng.below(alphabet.len())],
+                    1 => {
+                        data.remove(at);
+                    }
+                    _ => data.insert(at, alphabet[rng.below(alphabet.len())]),
+                }
+            }
+            let mode = [AddressCheck::Strict, AddressCheck::Qmail, AddressCheck::Off][rng.below(3)];
+            let limits = Limits { max_message: 1024, max_recipients: 8, address_check: mode };
+            let whole = parse(limits, &data, data.len());
+            assert_eq!(parse(limits, &data, 1 + rng.below(17)), whole, "{}", data.escape_ascii());
+            assert!(whole.0 <= data.len());
+            if let (n, Status::Complete(r)) = whole {
+                assert!(r.message.len() <= limits.max_message);
+                assert!((1..=limits.max_recipients).contains(&r.recipients.len()));
+                assert!(check_address(&r.sender, mode).is_ok());
+                assert!(r.recipients.iter().all(|a| check_address(a, mode).is_ok()));
+                assert_eq!(encode_request(&r.message, &r.sender, &r.recipients), &data[..n]);
+            }
+        }
+    }
+}
