@@ -178,6 +178,7 @@ fn exec_and_exec_raw() {
         if r == 'qmqp@x' then return m:exec('{q}', {{env={{FOO='bar'}}}}) end
         if r == 'badqmqp@x' then return m:exec('/bin/echo', 'not qmqp') end
         if r == 'missing@x' then return m:exec('/nonexistent/prog') end
+        if r == 'notimeout@x' then return m:exec_raw('{r}', 'b@x', {{timeout=0}}) end
         return m:exec_raw('{r}', r, {{timeout=1}})",
         q = qmqp_prog.display(),
         r = raw_prog.display()
@@ -202,6 +203,8 @@ fn exec_and_exec_raw() {
         ("slow@x", 71, "Ztimeout"),
         ("badqmqp@x", 71, "Zmalformed relay response"),
         ("missing@x", 71, "Zexec failed"),
+        // A timeout of 0 is none.
+        ("notimeout@x", 0, "Kgot b@x"),
     ] {
         let start = Instant::now();
         let out = send(&dir, MESSAGE, format!("Fa@b\0T{rcpt}\0\0").as_bytes());
