@@ -7,7 +7,10 @@
 # (the transcript and the negotiated TLS version and cipher are shown),
 # then chainmail's own qmail-remote delivers one with verified TLS
 # (tlsstrictness 2), the way qmail-rspawn would run it, and its report is
-# shown. The stored messages are shown, and everything is stopped. Run as root on a fresh
+# shown. The stored messages are shown. Last, qmail-qmqpc hands a message
+# to qrelay, whose Lua handler adds a header and relays it to postfix's
+# qmqp-sink (skipped when qmqp-sink is missing: tests/run unpacks it), and
+# everything is stopped. Run as root on a fresh
 # Debian machine, missing packages (ucspi-tcp, swaks, openssl) are
 # installed first.
 set -eu
@@ -45,10 +48,16 @@ done
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 qbin=${CARGO_TARGET_DIR:-$top/target}/release-small
 
+cargo build --release --locked -q -p qrelay -p qmail-qmqpc
+
 work=$(mktemp -d /tmp/chainmail-demo.XXXXXX)
 server_pid=
+sink_pid=
+qrelay_pid=
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [ -n "$qrelay_pid" ] && kill "$qrelay_pid" 2>/dev/null && wait "$qrelay_pid" 2>/dev/null
+    [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -109,4 +118,36 @@ fi
 grep -q '^<~  221' "$work/transcript" && grep -q 'TLS started' "$work/transcript"
 tr -d '\0' <"$work/report" | grep -q '^rK127.0.0.1 accepted message'
 [ "$(ls "$work/mail" | wc -l)" = 2 ]
+
+# QMQP: qmail-qmqpc -> qrelay (a Lua handler) -> qmqp-sink.
+if command -v qmqp-sink >/dev/null 2>&1; then
+    echo
+    qmqp-sink -c "unix:$work/sink.sock" 64 >"$work/sink.out" 2>&1 &
+    sink_pid=$!
+    cat >"$work/qrelay.lua" <<LUA
+sink = qmqp_resolve('$work/sink.sock')
+qmqp_listen('$work/qrelay.sock', function(m)
+  m.account = 'uid' .. tostring(m.uid)
+  m:insert_header('X-Demo', 'routed by Lua')
+  return m:connect(sink)
+end)
+LUA
+    # qrelay writes a newline on fd 3 when it listens (s6 readiness).
+    mkfifo "$work/ready"
+    "$bin/qrelay" --config "$work/qrelay.lua" --notify-fd 3 3>"$work/ready" 2>"$work/qrelay.log" &
+    qrelay_pid=$!
+    read -r _ <"$work/ready"
+    echo "demo: qrelay (pid $qrelay_pid) listening on $work/qrelay.sock"
+    mkdir -p "$work/mini/control"
+    echo "$work/qrelay.sock" >"$work/mini/control/qmqpservers"
+    printf 'Subject: by QMQP\n\nHello through qrelay.\n' >"$work/qmsg"
+    printf 'Falice@demo.test\0Tbob@demo.test\0\0' >"$work/qenv"
+    echo "demo: QMAILHOME=$work/mini qmail-qmqpc < message 1< envelope"
+    QMAILHOME=$work/mini timeout 30 "$bin/qmail-qmqpc" <"$work/qmsg" 1<"$work/qenv"
+    echo "demo: qmail-qmqpc exited 0 (accepted); qrelay logged:"
+    sed 's/^/    /' "$work/qrelay.log"
+    grep -q 'reply=KOk' "$work/qrelay.log"
+else
+    echo "demo: qmqp-sink is missing (tests/run unpacks it from the postfix package): QMQP part skipped"
+fi
 echo "demo: ok"

@@ -10,9 +10,9 @@
 #
 # qmail integration (see doc/qmail-remote.md):
 #
-#   ./install.sh --qmail [QMAILHOME]        put qmail-remote into QMAILHOME/bin
-#                                           (default /var/qmail), keeping the
-#                                           stock binary as qmail-remote.orig;
+#   ./install.sh --qmail [QMAILHOME]        put qmail-remote and qmail-qmqpc into
+#                                           QMAILHOME/bin (default /var/qmail),
+#                                           keeping the stock binaries as *.orig;
 #                                           qmail's 'make setup' undoes it
 #                                           silently: prefer --qmail-beside
 #   ./install.sh --qmail-beside [QMAILHOME] install as QMAILHOME/bin/qmail-remote-chainmail
@@ -25,10 +25,10 @@ force=0
 build=1
 qmail_mode=
 qmail_home=/var/qmail
-BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qmail-remote qmail-remote-io"
+BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay qmail-remote qmail-remote-io qmail-qmqpc"
 # The qmail side is built with the release-small profile (see Cargo.toml).
-SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io"
-QMAIL_BINARIES="qmail-remote qmail-remote-io"
+SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay"
+QMAIL_BINARIES="qmail-remote qmail-remote-io qmail-qmqpc"
 
 usage() {
     sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
@@ -55,7 +55,7 @@ targetdir=${CARGO_TARGET_DIR:-$top/target}
 # Where the build left binary $1.
 built() {
     case $1 in
-        qmail-remote*) echo "$targetdir/release-small/$1" ;;
+        qmail-remote* | qmail-qmqpc) echo "$targetdir/release-small/$1" ;;
         *) echo "$targetdir/release/$1" ;;
     esac
 }
@@ -163,6 +163,17 @@ case $qmail_mode in
         put "$(built qmail-remote)" "$bin/qmail-remote"
         force=$saved_force
         put "$(built qmail-remote-io)" "$bin/qmail-remote-io"
+        # qmail-qmqpc (doc/qmail-qmqpc.md), the stock one kept as .orig.
+        if [ -e "$bin/qmail-qmqpc" ] && ! recorded_sum "$bin/qmail-qmqpc" >/dev/null; then
+            [ -e "$bin/qmail-qmqpc.orig" ] || { cp -p "$bin/qmail-qmqpc" "$bin/qmail-qmqpc.orig" && say "saved the stock binary as $bin/qmail-qmqpc.orig"; }
+            saved_force=$force
+            force=1
+            put "$(built qmail-qmqpc)" "$bin/qmail-qmqpc"
+            force=$saved_force
+        else
+            put "$(built qmail-qmqpc)" "$bin/qmail-qmqpc"
+        fi
+        say "on a mini-qmail host, point $bin/qmail-queue at qmail-qmqpc (ln -sf qmail-qmqpc $bin/qmail-queue)"
         make_run_dir
         say "undo with: $0 --qmail-undo $qmail_home"
         # qmail's own 'make setup' (or 'make setup check', or a package
@@ -187,6 +198,10 @@ case $qmail_mode in
         fi
         mv -f "$bin/qmail-remote.orig" "$bin/qmail-remote"
         rm -f "$bin/qmail-remote-io"
+        if [ -e "$bin/qmail-qmqpc.orig" ]; then
+            mv -f "$bin/qmail-qmqpc.orig" "$bin/qmail-qmqpc"
+            say "restored the stock $bin/qmail-qmqpc"
+        fi
         if [ -f "$manifest" ]; then
             awk -v a="$bin/qmail-remote" -v b="$bin/qmail-remote-io" '$2 != a && $2 != b' "$manifest" > "$manifest.tmp.$$"
             mv "$manifest.tmp.$$" "$manifest"

@@ -11,7 +11,8 @@ use std::time::Duration;
 use chainmail_tests::run::run;
 use chainmail_tests::tmp::TestDir;
 
-const BINARIES: [&str; 4] = ["ucspi-tlsd", "smtpd-starttls-proxy-io", "qmail-remote", "qmail-remote-io"];
+const BINARIES: [&str; 6] =
+    ["ucspi-tlsd", "smtpd-starttls-proxy-io", "qrelay", "qmail-remote", "qmail-remote-io", "qmail-qmqpc"];
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../install.sh")
@@ -23,7 +24,7 @@ fn fake_build(dir: &TestDir, version: &str) -> PathBuf {
     let target = dir.join(format!("target-{version}"));
     for b in BINARIES {
         // The qmail side is built with the release-small profile.
-        let profile = if b.starts_with("qmail-remote") { "release-small" } else { "release" };
+        let profile = if b.starts_with("qmail-") { "release-small" } else { "release" };
         fs::create_dir_all(target.join(profile)).expect("mkdir");
         let p = target.join(profile).join(b);
         fs::write(&p, format!("#!/bin/sh\necho {b} {version}\n")).expect("write");
@@ -93,6 +94,8 @@ fn qmail_install_keeps_the_stock_binary_and_undoes() {
     fs::create_dir_all(home.join("bin")).expect("mkdir");
     let stock = "#!/bin/sh\necho stock qmail-remote\n";
     fs::write(home.join("bin/qmail-remote"), stock).expect("write");
+    let stock_qmqpc = "#!/bin/sh\necho stock qmail-qmqpc\n";
+    fs::write(home.join("bin/qmail-qmqpc"), stock_qmqpc).expect("write");
     let v1 = fake_build(&dir, "v1");
     let prefix = dir.join("manifest-prefix");
     let prefix_s = prefix.to_str().expect("utf-8");
@@ -104,6 +107,9 @@ fn qmail_install_keeps_the_stock_binary_and_undoes() {
     // qmail-remote finds qmail-remote-io beside itself.
     assert!(content(&home.join("bin/qmail-remote-io")).contains("qmail-remote-io v1"));
     assert!(home.join("run/qmail-remote").is_dir());
+    // qmail-qmqpc beside it, the stock one saved.
+    assert_eq!(content(&home.join("bin/qmail-qmqpc.orig")), stock_qmqpc);
+    assert!(content(&home.join("bin/qmail-qmqpc")).contains("qmail-qmqpc v1"));
     // It says that qmail's own `make setup` would silently undo it, and
     // what to prefer.
     let said = String::from_utf8_lossy(&out.stdout);
@@ -122,6 +128,7 @@ fn qmail_install_keeps_the_stock_binary_and_undoes() {
     assert_eq!(content(&home.join("bin/qmail-remote")), stock);
     assert!(!home.join("bin/qmail-remote.orig").exists());
     assert!(!home.join("bin/qmail-remote-io").exists());
+    assert_eq!(content(&home.join("bin/qmail-qmqpc")), stock_qmqpc);
 
     // Nothing to undo any more.
     let out = install(&v2, &["--prefix", prefix_s, "--qmail-undo", home_s]);
@@ -135,6 +142,8 @@ fn qmail_beside_installs_under_another_name() {
     fs::create_dir_all(home.join("bin")).expect("mkdir");
     let stock = "#!/bin/sh\necho stock\n";
     fs::write(home.join("bin/qmail-remote"), stock).expect("write");
+    let stock_qmqpc = "#!/bin/sh\necho stock qmail-qmqpc\n";
+    fs::write(home.join("bin/qmail-qmqpc"), stock_qmqpc).expect("write");
     let v1 = fake_build(&dir, "v1");
     let prefix = dir.join("manifest-prefix");
     let out =

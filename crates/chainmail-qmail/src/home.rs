@@ -91,6 +91,22 @@ pub fn qmail_home_of_process() -> Result<PathBuf, HomeError> {
     choose(None, from_cwd, from_program)
 }
 
+/// The home of a program that qmail does not start from its queue
+/// (qmail-qmqpc, which qmail-queue's callers run from anywhere):
+/// `QMAILHOME`, else the program's location (`<home>/bin`, when
+/// `<home>/control` is a directory), else `DEFAULT_QMAILHOME`.
+pub fn qmail_home_of_program() -> PathBuf {
+    let env = std::env::var_os(crate::control::QMAILHOME_VAR);
+    let from_program = std::env::current_exe()
+        .ok()
+        .as_deref()
+        .and_then(home_of_program)
+        .filter(|h| h.join(CONTROL_DIR).is_dir())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    // Without a working-directory candidate the choice cannot disagree.
+    choose(env.as_deref(), None, from_program).unwrap_or_else(|_| PathBuf::from(DEFAULT_QMAILHOME))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 //! `fork(2)` ([`process::fork`], refused with more than one thread),
 //! `madvise` ([`process::release_clean_file_pages`]), `poll(2)` on the
 //! descriptors a [`poll::Round`] borrows ([`poll::PollSet`]), and one socket option
-//! nix does not wrap ([`net::quickack`]). Every public function is safe and
+//! nix does not wrap ([`net::quickack`]), and `listxattr`/`getxattr` into bounded
+//! buffers ([`xattr`]). Every public function is safe and
 //! enforces its own soundness. Every other crate has
 //! `#![forbid(unsafe_code)]`.
 
@@ -24,5 +25,6 @@ pub mod net;
 pub mod poll;
 pub mod process;
 pub mod relay;
+pub mod xattr;
 
 pub use poll::Deadline;
