@@ -111,3 +111,35 @@ fn local_failures() {
     assert_eq!(qmqpc(&dir, &empty, MESSAGE, ENVELOPE).code(), Some(55), "no server in qmqpservers");
     assert_eq!(qmqpc(&dir, &dir.join("nohome"), MESSAGE, ENVELOPE).code(), Some(61), "no qmail home");
 }
+
+/// Without QMAILHOME the home is where the program lies (`<home>/bin`),
+/// never a guess; QMAILHOME, when set, wins over it.
+#[test]
+fn home_from_the_program_location_unless_qmailhome() {
+    let dir = TestDir::new("qmqpc_home");
+    let accepting = ScriptedServer::tcp(vec![Script::Reply(b"3:Kok,".to_vec())]);
+    let home = dir.join("installed");
+    std::fs::create_dir_all(home.join("control")).expect("mkdir control");
+    std::fs::create_dir_all(home.join("bin")).expect("mkdir bin");
+    std::fs::write(home.join("control/qmqpservers"), format!("{}\n", accepting.entry)).expect("write");
+    let program = home.join("bin/qmail-qmqpc");
+    std::fs::copy(chainmail_tests::bin("qmail-qmqpc"), &program).expect("copy the program");
+    let env_path = dir.join("envelope");
+    std::fs::write(&env_path, ENVELOPE).expect("write envelope");
+    let run_program = |qmailhome: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg("exec \"$0\" 1<\"$1\"").arg(&program).arg(&env_path).env_clear();
+        if let Some(h) = qmailhome {
+            cmd.env("QMAILHOME", h);
+        }
+        chainmail_tests::run::run(&mut cmd, MESSAGE, chainmail_tests::secs(60))
+    };
+    let out = run_program(None);
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_eq!(accepting.request(), encode_request(MESSAGE, b"a@example.org", &[b"b@example.org", b"c@example.org"]));
+
+    let refusing = ScriptedServer::tcp(vec![Script::Reply(b"4:Zbad,".to_vec())]);
+    let other = qmail_home(&dir, &[&refusing.entry]);
+    let out = run_program(Some(&other));
+    assert_eq!(out.code(), Some(71), "QMAILHOME must win: {}", out.describe());
+}
