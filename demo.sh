@@ -55,9 +55,11 @@ server_pid=
 sink_pid=
 qrelay_pid=
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    [ -n "$qrelay_pid" ] && kill "$qrelay_pid" 2>/dev/null && wait "$qrelay_pid" 2>/dev/null
-    [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null && wait "$sink_pid" 2>/dev/null
+    local pid
+    # A killed process's status (143) is not the demo's: ignore it.
+    for pid in $server_pid $qrelay_pid $sink_pid; do
+        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
