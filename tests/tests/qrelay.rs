@@ -634,3 +634,205 @@ fn idle_connections_cost_little_memory() {
     assert!(per_conn < 32, "{per_conn} KiB per idle connection (RSS {before} -> {peak} KiB)");
     drop(conns);
 }
+
+/// Sends `request` to the Unix socket `path` and reads until EOF, for at
+/// most `limit`: the reply bytes and how long it took.
+fn timed_client(path: &Path, request: &[u8], limit: Duration) -> (Vec<u8>, Duration) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect to qrelay");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    s.set_write_timeout(Some(limit)).expect("timeout");
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (out, start.elapsed())
+}
+
+/// Asserts that a discard request is answered at once (the daemon is not
+/// held up by the sessions in flight).
+fn assert_served_at_once(dir: &TestDir, what: &str) {
+    let (got, took) = timed_client(&dir.join("qrelay.sock"), &encode_request(b"m", b"", &[b"fast@x"]), secs(30));
+    assert_eq!(got, b"10:Kdiscarded,", "{what}: {}", got.escape_ascii());
+    assert!(took < secs(2), "{what}: a discard took {took:?}");
+}
+
+#[test]
+fn upstream_connect_timeout_of_20_seconds_and_failover() {
+    // A listener with a full accept queue: the kernel drops the SYNs, and
+    // without qrelay's 20 s bound the connect would last the kernel's SYN
+    // retries (about 127 s).
+    let dir = TestDir::new("qrelay_connect_timeout");
+    let (listener, port) = full_listener();
+    let good = ScriptedServer::unix(&dir.join("good.sock"), vec![Script::Reply(b"3:Kok,".to_vec())]);
+    let q = Qrelay::start(
+        &dir,
+        &config(
+            &dir,
+            &format!("full = qmqp_resolve('127.0.0.1:{port}') good = qmqp_resolve('{}')", good.entry),
+            "local r = m.recipients[1]
+             if r == 'full@x' then return m:connect(full) end
+             if r == 'failover@x' then return m:connect({full, good}) end
+             return m:discard()",
+        ),
+    );
+    let client = |rcpt: &'static [u8]| {
+        let path = dir.join("qrelay.sock");
+        std::thread::spawn(move || timed_client(&path, &encode_request(b"m", b"", &[rcpt]), secs(90)))
+    };
+    let full = client(b"full@x");
+    let failover = client(b"failover@x");
+    // No signal says that qrelay has reached the connects: half a second
+    // is far more than it needs; if it were too short, the check below
+    // would only be weaker, never wrong.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_served_at_once(&dir, "during the connects");
+    let (got, took) = full.join().expect("join");
+    assert_eq!(got, b"15:Zconnect failed,", "{}", got.escape_ascii());
+    assert!(took >= Duration::from_secs(20) && took < Duration::from_secs(20) + secs(10), "{took:?}");
+    let (got, took) = failover.join().expect("join");
+    assert_eq!(got, b"3:Kok,", "{}", got.escape_ascii());
+    assert!(took >= Duration::from_secs(20) && took < Duration::from_secs(20) + secs(10), "{took:?}");
+    good.request();
+    q.wait_log(&format!("to=<failover@x> size=1 reply=Kok relay={}", good.entry));
+    drop(listener);
+}
+
+/// An upstream on the Unix socket `path` that reads one request, then
+/// either says nothing (`trickle` false) or starts a 200-byte reply and
+/// sends one byte of it a second, never finishing; it holds the
+/// connection for at most `hold`. Each request read is sent on the channel.
+fn unanswering_upstream(path: &Path, trickle: bool, hold: Duration) -> std::sync::mpsc::Receiver<()> {
+    use std::io::{Read, Write};
+    let l = std::os::unix::net::UnixListener::bind(path).expect("bind the upstream");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(secs(30))).expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The request ends with the recipients' netstring and the outer comma.
+        while !got.ends_with(b",,") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tx.send(());
+        let end = Instant::now() + hold;
+        if trickle && s.write_all(b"200:K").is_err() {
+            return;
+        }
+        while Instant::now() < end {
+            // The pace of the trickle, well inside qrelay's 5 s between reads.
+            std::thread::sleep(Duration::from_secs(1));
+            if trickle && s.write_all(b"x").is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn upstream_reply_timeouts_5_seconds_idle_and_60_seconds_in_all() {
+    let dir = TestDir::new("qrelay_reply_timeout");
+    let silent = dir.join("silent.sock");
+    let trickle = dir.join("trickle.sock");
+    let silent_got = unanswering_upstream(&silent, false, secs(100));
+    let trickle_got = unanswering_upstream(&trickle, true, secs(100));
+    let q = Qrelay::start(
+        &dir,
+        &config(
+            &dir,
+            &format!("silent = qmqp_resolve('{}') trickle = qmqp_resolve('{}')", silent.display(), trickle.display()),
+            "local r = m.recipients[1]
+             if r == 'silent@x' then return m:connect(silent) end
+             if r == 'trickle@x' then return m:connect(trickle) end
+             return m:discard()",
+        ),
+    );
+    let client = |rcpt: &'static [u8]| {
+        let path = dir.join("qrelay.sock");
+        std::thread::spawn(move || timed_client(&path, &encode_request(b"m", b"", &[rcpt]), secs(150)))
+    };
+    let trickled = client(b"trickle@x");
+    let silenced = client(b"silent@x");
+    trickle_got.recv_timeout(secs(30)).expect("the trickling upstream got no request");
+    silent_got.recv_timeout(secs(30)).expect("the silent upstream got no request");
+    assert_served_at_once(&dir, "with two upstreams not answering");
+    // An upstream that says nothing: 5 s between reads.
+    let (got, took) = silenced.join().expect("join");
+    assert_eq!(got, b"13:Zrelay failed,", "{}", got.escape_ascii());
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(5) + secs(10), "{took:?}");
+    // One that answers a byte a second but never finishes: 60 s in all.
+    // Meanwhile, other clients are served as usual.
+    while !trickled.is_finished() {
+        assert_served_at_once(&dir, "while an upstream trickles its reply");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let (got, took) = trickled.join().expect("join");
+    assert_eq!(got, b"13:Zrelay failed,", "{}", got.escape_ascii());
+    assert!(took >= Duration::from_secs(60) && took < Duration::from_secs(60) + secs(10), "{took:?}");
+    q.wait_log("to=<trickle@x> size=1 reply=Zrelay failed");
+}
+
+#[test]
+fn ucspi_peer_from_the_environment_when_fd_0_is_not_a_unix_socket() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new("qrelay_ucspi_env");
+    let up = ScriptedServer::unix(&dir.join("up.sock"), vec![Script::Reply(b"3:Kok,".to_vec()); 3]);
+    let config_path = dir.join("ucspi.lua");
+    std::fs::write(
+        &config_path,
+        format!(
+            "up = qmqp_resolve('{}')\nqmqp_listen('/unused', function(m)\n\
+             m:insert_header('X-Peer', tostring(m.uid) .. ' ' .. tostring(m.gid) .. ' ' .. tostring(m.pid))\n\
+             return m:connect(up) end)\n",
+            up.entry
+        ),
+    )
+    .expect("write");
+    let qrelay = || {
+        let mut cmd = Command::new(bin("qrelay"));
+        cmd.arg("--ucspi").arg("--config").arg(&config_path).env_clear();
+        cmd
+    };
+    let ipc_env = [("IPCREMOTEEUID", "4242"), ("IPCREMOTEEGID", "4343"), ("IPCREMOTEPID", "4444")];
+    let request = encode_request(MESSAGE, b"a@example.org", &[b"b@example.org"]);
+
+    // fds 0 and 1 are pipes: s6-ipcserver's variables.
+    let out = run(qrelay().envs(ipc_env), &request, secs(30));
+    assert!(out.success() && out.stdout == b"3:Kok,", "{}", out.describe());
+    let got = String::from_utf8(up.request()).expect("utf-8");
+    assert!(got.contains("X-Peer: 4242 4343 4444\nReceived: from PID=4444 UID=4242 with QMQP\nFrom: "), "{got}");
+
+    // Pipes and tcpserver's TCPREMOTEIP.
+    let out = run(qrelay().env("TCPREMOTEIP", "192.0.2.7"), &request, secs(30));
+    assert!(out.success() && out.stdout == b"3:Kok,", "{}", out.describe());
+    let got = String::from_utf8(up.request()).expect("utf-8");
+    assert!(got.contains("X-Peer: nil nil nil\nReceived: from [192.0.2.7] with QMQP\nFrom: "), "{got}");
+
+    // fds 0 and 1 are a TCP socket, whose SO_PEERCRED (pid 0, uid -1)
+    // must not count: the variables do.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    let mut cmd = qrelay();
+    cmd.envs(ipc_env)
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(server.try_clone().expect("dup"))))
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(server)))
+        .stderr(std::process::Stdio::null());
+    let mut child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0).spawn().expect("start qrelay");
+    // Our copy of the socket goes with the command: EOF comes when qrelay ends.
+    drop(cmd);
+    client.set_read_timeout(Some(secs(30))).expect("timeout");
+    client.write_all(&request).expect("write");
+    let mut reply = Vec::new();
+    let _ = client.read_to_end(&mut reply);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply, b"3:Kok,", "{}", reply.escape_ascii());
+    let got = String::from_utf8(up.request()).expect("utf-8");
+    assert!(got.contains("X-Peer: 4242 4343 4444\nReceived: from PID=4444 UID=4242 with QMQP\nFrom: "), "{got}");
+}
