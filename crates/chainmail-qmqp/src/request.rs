@@ -454,6 +454,41 @@ mod tests {
     }
 }
 
+/// The parser's properties on any input, the oracle of the fuzz target and
+/// of the unit tests: it never panics, gives the same answer however the
+/// bytes are cut (`chunk`), never consumes more than it was given, never
+/// accepts what breaks its limits or its address rules, and what it
+/// accepts encodes back to exactly the bytes it consumed.
+#[cfg(any(test, feature = "test-support"))]
+pub fn check_parser_properties(data: &[u8], limits: Limits, chunk: usize) {
+    let whole = parse_in_chunks(limits, data, data.len());
+    assert_eq!(parse_in_chunks(limits, data, chunk), whole, "{}", data.escape_ascii());
+    assert!(whole.0 <= data.len());
+    if let (n, Status::Complete(r)) = whole {
+        assert!(r.message.len() <= limits.max_message);
+        assert!((1..=limits.max_recipients).contains(&r.recipients.len()));
+        assert!(crate::check_address(&r.sender, limits.address_check).is_ok());
+        assert!(r.recipients.iter().all(|a| crate::check_address(a, limits.address_check).is_ok()));
+        assert_eq!(encode_request(&r.message, &r.sender, &r.recipients), &data[..n]);
+    }
+}
+
+/// Feeds `data` to a new parser `chunk` bytes at a time: the bytes
+/// consumed and the status at the first answer that is not `NeedMore`.
+#[cfg(any(test, feature = "test-support"))]
+fn parse_in_chunks(limits: Limits, data: &[u8], chunk: usize) -> (usize, Status) {
+    let mut p = RequestParser::new(limits);
+    let mut total = 0;
+    for piece in data.chunks(chunk.max(1)) {
+        let (n, status) = p.feed(piece);
+        total += n;
+        if status != Status::NeedMore {
+            return (total, status);
+        }
+    }
+    (total, Status::NeedMore)
+}
+
 /// The fuzz target's properties on deterministic pseudo-random inputs
 /// (valid requests with bytes changed, cut or inserted), so that they run
 /// with the unit tests too.
@@ -472,19 +507,6 @@ mod mutations {
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n.max(1) as u64) as usize
         }
-    }
-
-    fn parse(limits: Limits, data: &[u8], chunk: usize) -> (usize, Status) {
-        let mut p = RequestParser::new(limits);
-        let mut total = 0;
-        for piece in data.chunks(chunk.max(1)) {
-            let (n, status) = p.feed(piece);
-            total += n;
-            if status != Status::NeedMore {
-                return (total, status);
-            }
-        }
-        (total, Status::NeedMore)
     }
 
     #[test]
@@ -510,16 +532,7 @@ mod mutations {
             }
             let mode = [AddressCheck::Strict, AddressCheck::Qmail, AddressCheck::Off][rng.below(3)];
             let limits = Limits { max_message: 1024, max_recipients: 8, address_check: mode };
-            let whole = parse(limits, &data, data.len());
-            assert_eq!(parse(limits, &data, 1 + rng.below(17)), whole, "{}", data.escape_ascii());
-            assert!(whole.0 <= data.len());
-            if let (n, Status::Complete(r)) = whole {
-                assert!(r.message.len() <= limits.max_message);
-                assert!((1..=limits.max_recipients).contains(&r.recipients.len()));
-                assert!(check_address(&r.sender, mode).is_ok());
-                assert!(r.recipients.iter().all(|a| check_address(a, mode).is_ok()));
-                assert_eq!(encode_request(&r.message, &r.sender, &r.recipients), &data[..n]);
-            }
+            check_parser_properties(&data, limits, 1 + rng.below(17));
         }
     }
 }
