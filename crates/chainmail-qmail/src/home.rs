@@ -80,15 +80,24 @@ pub fn qmail_home_of_process() -> Result<PathBuf, HomeError> {
     if env.as_ref().is_some_and(|v| !v.is_empty()) {
         return choose(env.as_deref(), None, None);
     }
-    let canonical = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
     let from_cwd = std::env::current_dir().ok().as_deref().and_then(home_of_cwd).map(canonical);
-    let from_program = std::env::current_exe()
+    choose(None, from_cwd, home_of_this_program())
+}
+
+/// A path with its symbolic links resolved, or as it is when that fails.
+fn canonical(p: PathBuf) -> PathBuf {
+    std::fs::canonicalize(&p).unwrap_or(p)
+}
+
+/// The home this program lies in (`/proc/self/exe` is `<home>/bin/...` and
+/// `<home>/control` is a directory), canonical.
+fn home_of_this_program() -> Option<PathBuf> {
+    std::env::current_exe()
         .ok()
         .as_deref()
         .and_then(home_of_program)
         .filter(|h| h.join(CONTROL_DIR).is_dir())
-        .map(canonical);
-    choose(None, from_cwd, from_program)
+        .map(canonical)
 }
 
 /// The home of a program that qmail does not start from its queue
@@ -97,14 +106,8 @@ pub fn qmail_home_of_process() -> Result<PathBuf, HomeError> {
 /// `<home>/control` is a directory), else `DEFAULT_QMAILHOME`.
 pub fn qmail_home_of_program() -> PathBuf {
     let env = std::env::var_os(crate::control::QMAILHOME_VAR);
-    let from_program = std::env::current_exe()
-        .ok()
-        .as_deref()
-        .and_then(home_of_program)
-        .filter(|h| h.join(CONTROL_DIR).is_dir())
-        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     // Without a working-directory candidate the choice cannot disagree.
-    choose(env.as_deref(), None, from_program).unwrap_or_else(|_| PathBuf::from(DEFAULT_QMAILHOME))
+    choose(env.as_deref(), None, home_of_this_program()).unwrap_or_else(|_| PathBuf::from(DEFAULT_QMAILHOME))
 }
 
 #[cfg(test)]
