@@ -84,6 +84,12 @@ pub fn dump(value: &Value) -> Result<String, String> {
     String::from_utf8(out.buf).map_err(|e| e.to_string())
 }
 
+/// A table key JSON can have.
+enum Key {
+    Int(i64),
+    Str(String),
+}
+
 /// A Lua value being written: `depth` tables around it, `path` their
 /// addresses (to see cycles).
 struct Dump<'a> {
@@ -105,39 +111,57 @@ impl Dump<'_> {
         if self.path.borrow().contains(&ptr) {
             return Err(ser::Error::custom("a table contains itself"));
         }
-        let mut entries = Vec::new();
+        // The keys only (no references to the values, which a big table
+        // would pile up on mlua's reference stack); each key is at least
+        // 2 bytes of output, so past MAX_BYTES / 2 of them the text is
+        // too long whatever the values.
+        let mut keys = Vec::new();
+        let too_long = || ser::Error::custom(format!("the JSON text would be longer than {MAX_BYTES} bytes"));
         for pair in t.pairs::<Value, Value>() {
-            entries.push(pair.map_err(|e| ser::Error::custom(lua_error_text(&e)))?);
+            let (k, _) = pair.map_err(|e| ser::Error::custom(lua_error_text(&e)))?;
+            keys.push(match k {
+                Value::Integer(i) => Key::Int(i),
+                Value::String(s) => {
+                    Key::Str(s.to_str().map_err(|_| ser::Error::custom("a key is not UTF-8"))?.to_owned())
+                }
+                other => return Err(ser::Error::custom(format!("a {} key has no JSON form", other.type_name()))),
+            });
+            if keys.len() > MAX_BYTES / 2 {
+                return Err(too_long());
+            }
         }
-        let n = entries.len() as i64;
-        let is_array = n > 0 && entries.iter().all(|(k, _)| matches!(k, Value::Integer(i) if (1..=n).contains(i)));
+        let n = keys.len() as i64;
+        let is_array = n > 0 && keys.iter().all(|k| matches!(k, Key::Int(i) if (1..=n).contains(i)));
+        let get = |k: &Key| match k {
+            Key::Int(i) => t.raw_get::<Value>(*i),
+            Key::Str(s) => t.raw_get::<Value>(s.as_str()),
+        };
+        let lua_failed = |e: mlua::Error| ser::Error::custom(lua_error_text(&e));
         self.path.borrow_mut().push(ptr);
         let result = if is_array {
-            entries.sort_by_key(|(k, _)| k.as_integer());
-            let mut seq = s.serialize_seq(Some(entries.len()))?;
-            for (_, v) in &entries {
-                seq.serialize_element(&self.child(v))?;
+            let mut seq = s.serialize_seq(Some(keys.len()))?;
+            for i in 1..=n {
+                seq.serialize_element(&self.child(&get(&Key::Int(i)).map_err(lua_failed)?))?;
             }
             seq.end()
         } else {
-            let mut keyed = Vec::with_capacity(entries.len());
-            for (k, v) in &entries {
-                let key = match k {
-                    Value::String(s) => s.to_str().map_err(|_| ser::Error::custom("a key is not UTF-8"))?.to_owned(),
-                    Value::Integer(i) => i.to_string(),
-                    other => {
-                        return Err(ser::Error::custom(format!("a {} key has no JSON form", other.type_name())));
-                    }
-                };
-                keyed.push((key, v));
-            }
+            let mut keyed: Vec<(String, Key)> = keys
+                .into_iter()
+                .map(|k| match k {
+                    Key::Int(i) => (i.to_string(), k),
+                    Key::Str(ref s) => (s.clone(), k),
+                })
+                .collect();
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
             if let Some(w) = keyed.windows(2).find(|w| w[0].0 == w[1].0) {
                 return Err(ser::Error::custom(format!("two keys are {:?}", w[0].0)));
             }
+            if keyed.iter().map(|(text, _)| text.len()).sum::<usize>() > MAX_BYTES {
+                return Err(too_long());
+            }
             let mut map = s.serialize_map(Some(keyed.len()))?;
-            for (k, v) in &keyed {
-                map.serialize_entry(k, &self.child(v))?;
+            for (text, k) in &keyed {
+                map.serialize_entry(text, &self.child(&get(k).map_err(lua_failed)?))?;
             }
             map.end()
         };
@@ -379,6 +403,11 @@ mod tests {
         let e = dump_of(&lua, "(function() local t = {'x'} for i = 1, 60 do t = {t, t} end return t end)()")
             .expect_err("huge");
         assert!(e.contains("longer than"), "{e}");
+        // Big tables, within the size.
+        let array = dump_of(&lua, "(function() local t = {} for i = 1, 300000 do t[i] = {} end return t end)()");
+        assert_eq!(array.expect("big array").len(), 300000 * 3 + 1);
+        let object = dump_of(&lua, "(function() local t = {} for i = 1, 100000 do t['k' .. i] = i end return t end)()");
+        assert!(object.expect("big object").starts_with(r#"{"k1":1,"k10":10,"k100":100,"#));
         assert!(dump_of(&lua, &format!("string.rep('a', {})", MAX_BYTES - 2)).is_ok());
         assert!(dump_of(&lua, &format!("string.rep('a', {})", MAX_BYTES - 1)).is_err());
     }
