@@ -393,6 +393,26 @@ mod tests {
         assert_eq!(box_seal_open(&[0; 48], &pk, &sk).expect("args"), None);
     }
 
+    /// Results are Lua strings, under the state's memory limit: past it, a
+    /// Lua error the script can catch, and the state goes on.
+    #[test]
+    fn within_the_memory_limit() {
+        let lua = Lua::new();
+        Sodium.install(&lua).expect("install");
+        lua.load("big = string.rep('x', 3 * 1024 * 1024)").exec().expect("big");
+        lua.set_memory_limit(lua.used_memory() + 4 * 1024 * 1024).expect("limit");
+        lua.load(
+            r#"
+            local ok, err = pcall(sodium.bin2hex, big)
+            assert(not ok and tostring(err):find('not enough memory'), tostring(err))
+            assert(#sodium.crypto_box_seal(big:sub(1, 1024 * 1024), (sodium.crypto_box_keypair())) == 1024 * 1024 + 48)
+            assert(sodium.bin2hex('ok') == '6f6b')
+            "#,
+        )
+        .exec()
+        .expect("within the limit");
+    }
+
     /// The seed's examples, verbatim, in a Lua state with the module.
     #[test]
     fn seed_examples_run() {
