@@ -229,7 +229,12 @@ impl Module for Core {
 }
 
 /// The modules every state gets, in order.
-pub const MODULES: &[&dyn Module] = &[&Core];
+pub const MODULES: &[&dyn Module] = &[
+    &Core,
+    &crate::lualib::sodium::Sodium, // sodium.*
+    &crate::lualib::json::Json,     // json.*
+    &crate::lualib::jwt::Jwt,       // jwt.sign
+];
 
 /// The functions that exist only while the configuration runs.
 const CONFIG_TIME: &[&str] = &["qmqp_listen", "qmqp_resolve"];
