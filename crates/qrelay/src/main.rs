@@ -13,6 +13,7 @@
 
 mod cgroup;
 mod listen;
+mod lualib;
 mod relay;
 mod script;
 mod session;

@@ -214,6 +214,11 @@ fn int_global(lua: &Lua, name: &str, default: i64) -> Result<i64, String> {
 pub trait Module {
     /// Installs the module.
     fn install(&self, lua: &Lua) -> mlua::Result<()>;
+
+    /// After the configuration ran: reads the globals it set.
+    fn configured(&self, _lua: &Lua) -> mlua::Result<()> {
+        Ok(())
+    }
 }
 
 /// The core module: `systemd`, `max_size`, `qmqp_resolve`.
@@ -229,7 +234,12 @@ impl Module for Core {
 }
 
 /// The modules every state gets, in order.
-pub const MODULES: &[&dyn Module] = &[&Core];
+pub const MODULES: &[&dyn Module] = &[
+    &Core,
+    &crate::lualib::socket::SocketLibrary,
+    &crate::lualib::control::ControlLibrary,
+    &crate::lualib::pond::PondLibrary,
+];
 
 /// The functions that exist only while the configuration runs.
 const CONFIG_TIME: &[&str] = &["qmqp_listen", "qmqp_resolve"];
@@ -288,6 +298,9 @@ impl Script {
         lua.globals().set("qmqp_listen", listen).map_err(err)?;
         lua.set_memory_limit(DEFAULT_MEMORY_LIMIT as usize).map_err(err)?;
         lua.load(&source[..]).set_name(format!("@{}", path.display())).exec().map_err(err)?;
+        for m in MODULES {
+            m.configured(&lua).map_err(err)?;
+        }
 
         let bad = |m: String| ConfigError(format!("{}: {m}", path.display()));
         let address_check = match lua.globals().get::<Value>("address_check") {
@@ -335,6 +348,11 @@ impl Script {
             let _ = self.lua.gc_collect();
         }
         r
+    }
+
+    /// The Lua state (for the libraries' state kept in it).
+    pub fn lua(&self) -> &Lua {
+        &self.lua
     }
 
     /// Runs `handler` on `mail`: the action, or the Lua error's text.
