@@ -47,8 +47,42 @@ fn at_startup() -> bool {
 /// `/path`, `@abstract`), the port defaulting to `default_port` (0: the
 /// port is required). Host names are resolved only at startup.
 pub fn targets(s: &str, default_port: u16) -> Result<Vec<Target>, String> {
+    let (unscoped, scope) = split_scope(s)?;
+    let mut all = unscoped_targets(s, &unscoped, default_port)?;
+    if let Some(scope) = scope {
+        for t in &mut all {
+            match t {
+                Target::Inet(std::net::SocketAddr::V6(a)) => a.set_scope_id(scope),
+                _ => return Err(format!("a scope is only for IPv6 addresses: {s:?}")),
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// An IPv6 scope (`fe80::1%eth0`, `[ff02::1%2]:5478`: an interface name
+/// or index, as link-local and multicast addresses need) taken out of
+/// `s`: the address without it, and the interface index.
+fn split_scope(s: &str) -> Result<(String, Option<u32>), String> {
+    let Some(percent) = s.find('%') else { return Ok((s.to_owned(), None)) };
+    if s.starts_with('/') || s.starts_with('@') {
+        return Ok((s.to_owned(), None));
+    }
+    let end = s[percent..].find(']').map_or(s.len(), |i| percent + i);
+    let name = &s[percent + 1..end];
+    let index = match name.parse::<u32>() {
+        Ok(n) if n > 0 => n,
+        _ if !name.is_empty() => {
+            nix::net::if_::if_nametoindex(name).map_err(|e| format!("no interface {name:?} in {s:?}: {}", e.desc()))?
+        }
+        _ => return Err(format!("bad address: {s:?}")),
+    };
+    Ok((format!("{}{}", &s[..percent], &s[end..]), Some(index)))
+}
+
+fn unscoped_targets(s: &str, unscoped: &str, default_port: u16) -> Result<Vec<Target>, String> {
     let bad = || format!("bad address: {s:?}");
-    match ServerSpec::parse_with_port(s, default_port).map_err(|_| bad())? {
+    match ServerSpec::parse_with_port(unscoped, default_port).map_err(|_| bad())? {
         ServerSpec::Inet(a) if a.port() == 0 => Err(format!("no port in {s:?}")),
         ServerSpec::Inet(a) => Ok(vec![Target::Inet(a)]),
         ServerSpec::Unix(p) => Ok(vec![Target::Unix(p)]),
@@ -193,6 +227,17 @@ mod tests {
         assert_eq!(targets("/run/x", 0), Ok(vec![Target::Unix("/run/x".into())]));
         assert_eq!(targets("@x", 0), Ok(vec![Target::Abstract(b"x".to_vec())]));
         assert!(targets("a b", 0).is_err());
+        // An IPv6 scope, by interface name or index.
+        let scoped = |s: &str| match targets(s, 5478).as_deref() {
+            Ok([Target::Inet(std::net::SocketAddr::V6(a))]) => Some((a.to_string(), a.scope_id())),
+            _ => None,
+        };
+        assert_eq!(scoped("ff02::dead:beef%lo"), Some(("[ff02::dead:beef%1]:5478".into(), 1)));
+        assert_eq!(scoped("[ff02::dead:beef%1]:1234"), Some(("[ff02::dead:beef%1]:1234".into(), 1)));
+        assert_eq!(scoped("ff02::dead:beef%no-such-interface"), None);
+        assert_eq!(scoped("127.0.0.1%lo"), None);
+        assert_eq!(scoped("ff02::1%"), None);
+        assert_eq!(targets("/tmp/a%b", 0), Ok(vec![Target::Unix("/tmp/a%b".into())]));
         // No runtime here: names are resolved (localhost is in /etc/hosts).
         assert!(targets("localhost:1234", 0).is_ok_and(|t| !t.is_empty()));
     }
