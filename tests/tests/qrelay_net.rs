@@ -580,3 +580,69 @@ fn multicast_in_a_network_namespace() {
     let r = decode_pond(&datagrams[2]);
     assert_eq!(r.message, b"from=<a@example.org> to=<b@x> discarded");
 }
+
+/// The seed's `socket` and `control_client` examples, as written (the
+/// seed's `[ff02:dead:beef]` is its rendering of `[ff02::dead:beef]`),
+/// load: a connect that fails returns `nil, message` and the loading goes
+/// on. They run in a network namespace of their own, where `@test` is a
+/// seqpacket listener (python3's, handed to qrelay across exec) and no
+/// other test's abstract names or ports are in the way.
+#[test]
+fn the_seed_examples_load() {
+    let unshare_works = Command::new(chainmail_tests::find_program("unshare"))
+        .args(["--net", "--", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let Some(python) = chainmail_tests::bins::try_find_program("python3").filter(|_| unshare_works) else {
+        eprintln!("the_seed_examples_load: skipped (needs root for unshare --net)");
+        return;
+    };
+    let dir = TestDir::new("qrelay_net_seed");
+    let path = dir.join("config.lua");
+    std::fs::write(
+        &path,
+        format!(
+            "tcp = socket:connect('localhost:1234')
+udp = socket:connect('localhost:4321', {{type='dgram'}})
+multicast = socket:connect('[ff02::dead:beef]:2345', {{type='dgram'}})
+unix = socket:connect('/run/test.socket')
+abstract = socket:connect('@test', {{type='seqpacket'}})
+abstract:send('hello world')
+-- IPv4 (default port)
+c = control_client:new('224.0.0.42')
+-- IPv6 on default port
+c = control_client:new('ff02::dead:beef')
+-- IPv6 on non-default port (requires square brackets)
+c = control_client:new('[ff02::dead:beef]:1234')
+-- local socket
+c = control_client:new('/run/cm4all/workshop/control')
+-- abstract socket
+c = control_client:new('@bp-control')
+qmqp_listen('{sock}', function(m)
+  c:send(c:build():fade_children('foo'):flush_http_cache('bar'))
+  return m:discard()
+end)
+",
+            sock = sock(&dir)
+        ),
+    )
+    .expect("write");
+    let script = "import socket, os, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+        s.bind('\\0test')\n\
+        s.listen(4)\n\
+        s.set_inheritable(True)\n\
+        os.execv(sys.argv[1], sys.argv[1:])\n";
+    let mut cmd = Command::new(chainmail_tests::find_program("unshare"));
+    cmd.args(["--net", "--"])
+        .arg(python)
+        .arg("-c")
+        .arg(script)
+        .arg(chainmail_tests::bin("qrelay"))
+        .args(["--check", "--config"])
+        .arg(&path)
+        .env_clear();
+    let out = chainmail_tests::run::run(&mut cmd, b"", secs(30));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_eq!(out.stdout_str(), format!("listen {} max_size=16777216\n", sock(&dir)));
+}

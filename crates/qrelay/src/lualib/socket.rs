@@ -198,6 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn sockets_dropped_without_close_are_collected_at_the_bound() {
+        let lua = Lua::new();
+        SocketLibrary.install(&lua).expect("install");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = peer.local_addr().expect("addr").port();
+        // Twice the bound, none closed: the garbage is collected when the
+        // bound is reached; kept ones count.
+        let (made, kept_err): (i64, String) = lua
+            .load(format!(
+                "local made = 0
+                for i = 1, 2 * {max} do
+                    if socket:connect('127.0.0.1:{port}', {{type='dgram'}}) then made = made + 1 end
+                end
+                kept = {{}}
+                local err
+                for i = 1, {max} + 1 do
+                    local s, e = socket:connect('127.0.0.1:{port}', {{type='dgram'}})
+                    if not s then err = e break end
+                    kept[i] = s
+                end
+                return made, err",
+                max = super::super::MAX_OPEN_SOCKETS
+            ))
+            .eval()
+            .expect("run");
+        assert_eq!(made, 2 * super::super::MAX_OPEN_SOCKETS as i64);
+        assert!(kept_err.contains("too many open sockets"), "{kept_err}");
+    }
+
+    #[test]
     fn datagram_send_and_close() {
         let lua = Lua::new();
         SocketLibrary.install(&lua).expect("install");
