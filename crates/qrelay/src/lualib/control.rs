@@ -20,6 +20,10 @@ use crate::script::Module;
 pub const MAGIC: u32 = 0x6304_6101;
 /// The protocol's default port.
 pub const DEFAULT_PORT: u16 = 5478;
+/// The largest datagram a builder makes: the largest UDP payload over
+/// IPv4 (the builder's memory is outside the Lua state's limit, so it is
+/// bounded here).
+pub const MAX_DATAGRAM: usize = 65507;
 
 /// The command numbers the builder uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,9 @@ pub enum BuildError {
     /// The payload does not fit the 16-bit length.
     #[error("control payload too long ({0} bytes, at most 65535)")]
     TooLong(usize),
+    /// The datagram would pass [`MAX_DATAGRAM`].
+    #[error("control datagram too large (at most {MAX_DATAGRAM} bytes)")]
+    DatagramTooLarge,
 }
 
 /// One control datagram under construction.
@@ -76,10 +83,13 @@ impl Builder {
     /// Appends one command with `payload`, padded to 4 bytes.
     pub fn add(&mut self, command: Command, payload: &[u8]) -> Result<(), BuildError> {
         let length = u16::try_from(payload.len()).map_err(|_| BuildError::TooLong(payload.len()))?;
+        let padding = (4 - payload.len() % 4) % 4;
+        if self.bytes.len() + 4 + payload.len() + padding > MAX_DATAGRAM {
+            return Err(BuildError::DatagramTooLarge);
+        }
         self.bytes.extend_from_slice(&length.to_be_bytes());
         self.bytes.extend_from_slice(&(command as u16).to_be_bytes());
         self.bytes.extend_from_slice(payload);
-        let padding = (4 - payload.len() % 4) % 4;
         self.bytes.extend(std::iter::repeat_n(0u8, padding));
         Ok(())
     }
@@ -234,10 +244,20 @@ mod tests {
     }
 
     #[test]
-    fn oversize_payloads_are_refused() {
+    fn oversize_payloads_and_datagrams_are_refused() {
         let mut b = Builder::new();
         assert_eq!(b.add(Command::FadeChildren, &vec![b'x'; 65536]), Err(BuildError::TooLong(65536)));
-        assert!(b.add(Command::FadeChildren, &vec![b'x'; 65535]).is_ok());
-        assert_eq!(b.bytes().len(), 4 + 4 + 65536);
+        assert_eq!(b.add(Command::FadeChildren, &vec![b'x'; 65535]), Err(BuildError::DatagramTooLarge));
+        // Up to the largest UDP payload (a multiple of 4 below it), and
+        // not one command more.
+        assert!(b.add(Command::FadeChildren, &vec![b'x'; MAX_DATAGRAM - 11]).is_ok());
+        assert_eq!(b.bytes().len(), MAX_DATAGRAM - 3);
+        assert_eq!(b.add(Command::FadeChildren, b""), Err(BuildError::DatagramTooLarge));
+        let mut b = Builder::new();
+        for _ in 0..(MAX_DATAGRAM - 4) / 8 {
+            b.add(Command::FadeChildren, b"tag").expect("room");
+        }
+        assert_eq!(b.add(Command::FadeChildren, b"tag"), Err(BuildError::DatagramTooLarge));
+        assert!(b.bytes().len() <= MAX_DATAGRAM);
     }
 }

@@ -70,10 +70,19 @@ impl UserData for LuaSocket {
             "send",
             |lua, this, (data, start, end): (Value, Value, Value)| -> mlua::Result<MultiValue> {
                 let Some(socket) = &this.socket else { return failure(lua, "socket is closed") };
-                let data = match &data {
-                    Value::String(s) => s.as_bytes().to_vec(),
-                    Value::Integer(n) => n.to_string().into_bytes(),
-                    Value::Number(n) => n.to_string().into_bytes(),
+                // A string is sent from Lua's own copy; a number as Lua
+                // would print it.
+                let number;
+                let string;
+                let data: &[u8] = match &data {
+                    Value::String(s) => {
+                        string = s.as_bytes();
+                        &string
+                    }
+                    Value::Integer(_) | Value::Number(_) => {
+                        number = data.to_string()?;
+                        number.as_bytes()
+                    }
                     _ => return failure(lua, "send: DATA must be a string"),
                 };
                 let (start, end) = match (integer_arg(&start, "START"), integer_arg(&end, "END")) {
