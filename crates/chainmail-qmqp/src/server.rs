@@ -33,6 +33,13 @@ pub struct BadServer(pub String);
 impl ServerSpec {
     /// Parses one entry; the port defaults to 628.
     pub fn parse(s: &str) -> Result<ServerSpec, BadServer> {
+        ServerSpec::parse_with_port(s, QMQP_PORT)
+    }
+
+    /// Parses one entry of another protocol: the port defaults to
+    /// `default_port` (0: none; the caller refuses it, as no explicit
+    /// port is 0).
+    pub fn parse_with_port(s: &str, default_port: u16) -> Result<ServerSpec, BadServer> {
         let bad = || BadServer(s.to_owned());
         if s.is_empty() || s.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
             return Err(bad());
@@ -47,7 +54,7 @@ impl ServerSpec {
             return Ok(ServerSpec::Abstract(name.as_bytes().to_vec()));
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(ServerSpec::Inet(SocketAddr::new(ip, QMQP_PORT)));
+            return Ok(ServerSpec::Inet(SocketAddr::new(ip, default_port)));
         }
         if let Ok(sa) = s.parse::<SocketAddr>() {
             return Ok(ServerSpec::Inet(sa));
@@ -55,11 +62,11 @@ impl ServerSpec {
         if let Some(rest) = s.strip_prefix('[') {
             // `[v6]` without a port.
             let ip = rest.strip_suffix(']').and_then(|v| v.parse::<std::net::Ipv6Addr>().ok()).ok_or_else(bad)?;
-            return Ok(ServerSpec::Inet(SocketAddr::new(IpAddr::V6(ip), QMQP_PORT)));
+            return Ok(ServerSpec::Inet(SocketAddr::new(IpAddr::V6(ip), default_port)));
         }
         let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => (h, parse_port(p).ok_or_else(bad)?),
-            None => (s, QMQP_PORT),
+            None => (s, default_port),
         };
         let hostname_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
         if host.is_empty() || host.len() > 253 || !host.bytes().all(hostname_byte) {
@@ -105,6 +112,21 @@ mod tests {
         ];
         for (s, want) in table {
             assert_eq!(ServerSpec::parse(s), want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn other_default_ports() {
+        let inet = |s: &str| Ok(ServerSpec::Inet(s.parse().expect("socket address")));
+        for (s, port, want) in [
+            ("224.0.0.42", 5478, inet("224.0.0.42:5478")),
+            ("ff02::dead:beef", 5478, inet("[ff02::dead:beef]:5478")),
+            ("[ff02::dead:beef]:1234", 5478, inet("[ff02::dead:beef]:1234")),
+            ("127.0.0.1", 0, inet("127.0.0.1:0")),
+            ("localhost", 5479, Ok(ServerSpec::Host("localhost".into(), 5479))),
+            ("@bp-control", 5478, Ok(ServerSpec::Abstract(b"bp-control".to_vec()))),
+        ] {
+            assert_eq!(ServerSpec::parse_with_port(s, port), want, "{s:?}");
         }
     }
 }

@@ -214,6 +214,11 @@ fn int_global(lua: &Lua, name: &str, default: i64) -> Result<i64, String> {
 pub trait Module {
     /// Installs the module.
     fn install(&self, lua: &Lua) -> mlua::Result<()>;
+
+    /// After the configuration ran: reads the globals it set.
+    fn configured(&self, _lua: &Lua) -> mlua::Result<()> {
+        Ok(())
+    }
 }
 
 /// The core module: `systemd`, `max_size`, `qmqp_resolve`.
@@ -234,6 +239,9 @@ pub const MODULES: &[&dyn Module] = &[
     &crate::lualib::sodium::Sodium, // sodium.*
     &crate::lualib::json::Json,     // json.*
     &crate::lualib::jwt::Jwt,       // jwt.sign
+    &crate::lualib::socket::SocketLibrary,
+    &crate::lualib::control::ControlLibrary,
+    &crate::lualib::pond::PondLibrary,
 ];
 
 /// The functions that exist only while the configuration runs.
@@ -293,6 +301,9 @@ impl Script {
         lua.globals().set("qmqp_listen", listen).map_err(err)?;
         lua.set_memory_limit(DEFAULT_MEMORY_LIMIT as usize).map_err(err)?;
         lua.load(&source[..]).set_name(format!("@{}", path.display())).exec().map_err(err)?;
+        for m in MODULES {
+            m.configured(&lua).map_err(err)?;
+        }
 
         let bad = |m: String| ConfigError(format!("{}: {m}", path.display()));
         let address_check = match lua.globals().get::<Value>("address_check") {
@@ -340,6 +351,11 @@ impl Script {
             let _ = self.lua.gc_collect();
         }
         r
+    }
+
+    /// The Lua state (for the libraries' state kept in it).
+    pub fn lua(&self) -> &Lua {
+        &self.lua
     }
 
     /// Runs `handler` on `mail`: the action, or the Lua error's text.

@@ -241,6 +241,10 @@ pub async fn serve(
                 let (reply, mail, note) = act(shared, listener, &request, &peer).await;
                 write_reply(&mut w, &reply).await;
                 log_line(&peer, Some(&mail), Some(request.message.len()), &reply, note.as_deref(), started);
+                let acted = !note.as_deref().is_some_and(|n| n.starts_with("script: "));
+                let prefix_len = prefix(&mail, &request.message).len();
+                let took = started.elapsed();
+                crate::lualib::pond::log_message(shared.script.lua(), &request, &mail, &reply, prefix_len, acted, took);
             }
         }
     };
