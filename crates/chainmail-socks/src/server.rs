@@ -88,14 +88,13 @@ pub enum ServerError {
     /// A SOCKS5 address type other than 1, 3 and 4.
     #[error("unknown address type {0}")]
     UnknownAddressType(u8),
-    /// A SOCKS5 reserved byte that is not zero, or a greeting with no
-    /// methods.
+    /// A SOCKS5 request whose version or reserved byte is wrong.
     #[error("malformed SOCKS5 message")]
     Malformed,
     /// RFC 1929 version byte not 1, or empty fields.
     #[error("malformed RFC 1929 credentials")]
     BadCredentials,
-    /// None of the client's methods is acceptable.
+    /// None of the client's methods is acceptable (or it offered none).
     #[error("no acceptable authentication method")]
     NoAcceptableMethod,
     /// The credentials were refused.
@@ -115,8 +114,8 @@ impl ServerError {
             ServerError::UnknownVersion(_)
             | ServerError::Truncated(None)
             | ServerError::Oversize(None)
-            | ServerError::NoAcceptableMethod
             | ServerError::AuthenticationFailed => None,
+            ServerError::NoAcceptableMethod => Some(vec![5, METHOD_NONE_ACCEPTABLE]),
             ServerError::BadCredentials => Some(vec![1, 1]),
             ServerError::UserIdTooLong | ServerError::NameTooLong => v4(),
             ServerError::Truncated(Some(Version::V4))
@@ -203,7 +202,7 @@ impl ServerHandshake {
                 Phase::V5Greeting => {
                     let Some(&n) = self.buf.get(1) else { return Ok(Step::NeedMore) };
                     if n == 0 {
-                        return Err(ServerError::Malformed);
+                        return Err(ServerError::NoAcceptableMethod);
                     }
                     let Some(methods) = self.buf.get(2..2 + n as usize) else { return Ok(Step::NeedMore) };
                     let methods = methods.to_vec();
@@ -558,7 +557,7 @@ mod tests {
             ("5 atyp 2", cat(&[&[5, 1, 0], &[5, 1, 0, 2, 1, 2, 3, 4, 0, 21]]), Err(ServerError::UnknownAddressType(2))),
             ("5 rsv", cat(&[&[5, 1, 0], &[5, 1, 1, 1, 1, 2, 3, 4, 0, 21]]), Err(ServerError::Malformed)),
             ("5 request version", cat(&[&[5, 1, 0], &[4, 1, 0, 1, 1, 2, 3, 4, 0, 21]]), Err(ServerError::Malformed)),
-            ("5 no methods", vec![5, 0], Err(ServerError::Malformed)),
+            ("5 no methods", vec![5, 0], Err(ServerError::NoAcceptableMethod)),
             ("5 no acceptable", vec![5, 1, 1], Err(ServerError::NoAcceptableMethod)),
             ("5 name empty", cat(&[&[5, 1, 0], &[5, 1, 0, 3, 0, 0, 80]]), Err(ServerError::BadName(Version::V5))),
             ("5 truncated", cat(&[&[5, 1, 0], &[5, 1, 0, 3, 9, b'a']]), Err(ServerError::Truncated(Some(Version::V5)))),

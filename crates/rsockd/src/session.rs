@@ -201,7 +201,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 Some(r) => {
-                    rec.route = format!("{}:{}", r.line, route_text(&r.action));
+                    rec.route = format!("{}:{}", r.line, route_text(&r.action).replacen(' ', "@=", 1));
                     run_command(r.command.as_deref(), &env);
                     r.action.clone()
                 }
