@@ -800,3 +800,50 @@ fn half_close_and_idle_timeout() {
     assert!(start.elapsed() >= Duration::from_millis(900) && start.elapsed() < secs(10), "{:?}", start.elapsed());
     assert!(log_lines(&s, 2)[1].contains("outcome=ok:idle-timeout"), "{}", s.stderr());
 }
+
+#[test]
+fn socks_server_default_ipv6_and_upstream_timeout() {
+    let dir = TestDir::new("rsockd_v6");
+    let www = dir.join("www6");
+    std::fs::create_dir_all(&www).expect("mkdir");
+    std::fs::write(www.join("index.html"), PAGE).expect("write");
+    let mut cmd = Command::new(find_program("python3"));
+    cmd.args(["-u", "-m", "http.server", "--bind", "::1", "--directory"]).arg(&www).arg("0");
+    let (_http, out) = Peer::spawn(cmd, dir.join("http6.stderr"), "python3 -m http.server --bind ::1");
+    let line = first_line(out.expect("stdout"), secs(20)).expect("http.server on ::1 did not start");
+    let port: u16 =
+        line.split_whitespace().skip_while(|w| *w != "port").nth(1).and_then(|p| p.parse().ok()).expect("port");
+    let url = format!("http://[::1]:{port}/index.html");
+    let b = rsockd(&dir, "b", "permit 127.0.0.0/8 ::1/128\n", None, &[]);
+    // An upstream that accepts and never answers: -c 1 gives up on it.
+    let slow = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let slow_port = slow.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in slow.incoming() {
+            held.push(c);
+        }
+    });
+    let servers = format!("socks5://127.0.0.1:{slow_port},socks5://127.0.0.1:{}", b.port());
+    let a =
+        rsockd_env(&dir, "a", "permit 127.0.0.0/8\n", Some("sockd ALL\n"), &["-c", "1"], &[("SOCKS_SERVER", &servers)]);
+    let start = Instant::now();
+    let o = curl("socks5", a.port(), &url, &[]);
+    assert!(o.success() && o.stdout_str() == PAGE, "IPv6 through SOCKS_SERVER: {}", o.describe());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "the silent upstream was not waited for: {:?}",
+        start.elapsed()
+    );
+    let a_line = &log_lines(&a, 1)[0];
+    assert!(
+        a_line.contains("route=1:sockd@=SOCKS_SERVER")
+            && a_line.contains(&format!("via=socks5://127.0.0.1:{}", b.port())),
+        "{a_line}"
+    );
+    assert!(log_lines(&b, 1)[0].contains(&format!("dest=[::1]:{port}")), "{}", b.stderr());
+    // Without SOCKS_SERVER a `sockd` line without a list cannot route.
+    let c = rsockd(&dir, "c", "permit 127.0.0.0/8\n", Some("sockd ALL\n"), &[]);
+    assert_eq!(socks4_code(c.port(), 80, b""), 91);
+    assert!(log_lines(&c, 1)[0].contains("no-SOCKS_SERVER"), "{}", c.stderr());
+}
