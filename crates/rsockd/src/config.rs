@@ -53,7 +53,18 @@ pub fn read_bounded(path: &Path) -> std::io::Result<String> {
 
 impl Config {
     pub fn load(o: &Options) -> Result<Config, ConfigError> {
-        let services = Services::parse(&read_bounded(Path::new("/etc/services")).unwrap_or_default());
+        // /etc/services is read only when a file names a service: a
+        // process per connection should not parse it for nothing.
+        match Config::load_with(o, &Services::default()) {
+            Err(e) if e.reason.contains("unknown service") => {
+                let services = Services::parse(&read_bounded(Path::new("/etc/services")).unwrap_or_default());
+                Config::load_with(o, &services)
+            }
+            r => r,
+        }
+    }
+
+    fn load_with(o: &Options, services: &Services) -> Result<Config, ConfigError> {
         let mut files = |p: &str| read_bounded(Path::new(p)).map_err(|e| e.to_string());
         let whole = |file: &Path, e: std::io::Error| ConfigError {
             file: file.to_owned(),
@@ -68,9 +79,9 @@ impl Config {
             system: false,
         };
         let text = read_bounded(&o.sockd_conf).map_err(|e| whole(&o.sockd_conf, e))?;
-        let sockd = SockdConf::parse(&text, &services, &mut files).map_err(|e| bad_line(&o.sockd_conf, e))?;
+        let sockd = SockdConf::parse(&text, services, &mut files).map_err(|e| bad_line(&o.sockd_conf, e))?;
         let socks = match read_bounded(&o.socks_conf) {
-            Ok(text) => Some(SocksConf::parse(&text, &services, &mut files).map_err(|e| bad_line(&o.socks_conf, e))?),
+            Ok(text) => Some(SocksConf::parse(&text, services, &mut files).map_err(|e| bad_line(&o.socks_conf, e))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(whole(&o.socks_conf, e)),
         };
