@@ -847,3 +847,46 @@ fn socks_server_default_ipv6_and_upstream_timeout() {
     assert_eq!(socks4_code(c.port(), 80, b""), 91);
     assert!(log_lines(&c, 1)[0].contains("no-SOCKS_SERVER"), "{}", c.stderr());
 }
+
+#[test]
+fn udp_associate_through_an_upstream() {
+    let dir = TestDir::new("rsockd_udp_chain");
+    let b = rsockd(&dir, "b", "permit 127.0.0.0/8\n", None, &[]);
+    let a =
+        rsockd(&dir, "a", "permit 127.0.0.0/8\n", Some(&format!("sockd @=socks5://127.0.0.1:{} ALL\n", b.port())), &[]);
+    let echo = UdpSocket::bind("[::]:0").expect("bind");
+    let echo_port = echo.local_addr().expect("addr").port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            seen2.fetch_add(1, Ordering::SeqCst);
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut ctl = connect(a.port());
+    ctl.write_all(&[5, 1, 0]).expect("write");
+    assert_eq!(read_exact(&mut ctl, 2), [5, 0]);
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client.set_read_timeout(Some(secs(10))).expect("timeout");
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).expect("write");
+    let r = read_exact(&mut ctl, 10);
+    assert_eq!(&r[..4], [5, 0, 0, 1], "{r:?}");
+    let relay = SocketAddr::from(([r[4], r[5], r[6], r[7]], u16::from_be_bytes([r[8], r[9]])));
+    let mut d = vec![0, 0, 0, 3, 9];
+    d.extend_from_slice(b"localhost");
+    d.extend_from_slice(&echo_port.to_be_bytes());
+    d.extend_from_slice(b"by name, resolved by B");
+    client.send_to(&d, relay).expect("send");
+    let mut buf = [0u8; 2048];
+    let (n, _) = client.recv_from(&mut buf).expect("an echo through both relays");
+    assert!(buf[..n].ends_with(b"by name, resolved by B"), "{:?}", &buf[..n]);
+    assert_eq!(u16::from_be_bytes([buf[n - 24], buf[n - 23]]), echo_port, "the echo's port in B's header");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    drop(ctl);
+    let a_line = &log_lines(&a, 1)[0];
+    assert!(a_line.contains("cmd=udp") && a_line.contains(&format!("via=socks5://127.0.0.1:{}", b.port())), "{a_line}");
+    let b_line = &log_lines(&b, 1)[0];
+    assert!(b_line.contains("cmd=udp") && b_line.contains("ok:udp:0-datagrams-dropped"), "{b_line}");
+}

@@ -215,7 +215,7 @@ impl Session<'_> {
             ClientAction::Direct => match req.command {
                 Command::Connect => self.direct_connect(&req, &mut cache, rec),
                 Command::Bind => self.direct_bind(&req, &mut cache, rec),
-                Command::UdpAssociate => self.udp(&req, &config, user_text.as_deref(), rec),
+                Command::UdpAssociate => self.udp(&req, &config, user_text.as_deref(), rec, None),
             },
             ClientAction::Sockd(list) => {
                 let list = match list {
@@ -232,9 +232,11 @@ impl Session<'_> {
                         }
                     },
                 };
-                if req.command == Command::UdpAssociate {
-                    self.refuse(rec, V4_REJECTED, Rep::CommandNotSupported, "refused:udp-needs-direct-route");
+                if self.refuse_loop(&list, rec) {
                     return Ok(());
+                }
+                if req.command == Command::UdpAssociate {
+                    return self.udp_via_upstreams(&list, &req, &config, user_text.as_deref(), rec);
                 }
                 self.via_upstreams(&list, &req, &mut cache, rec)
             }
@@ -436,6 +438,7 @@ impl Session<'_> {
         config: &Config,
         user: Option<&str>,
         rec: &mut Record,
+        upstream: Option<(TcpStream, SocketAddr)>,
     ) -> Result<(), SessionError> {
         let control = self.input.take().ok_or(SessionError::NoClient)?;
         let local_ip = self.local.map(|l| l.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -459,12 +462,17 @@ impl Session<'_> {
             let q = Query { client: client_ip, user, dest: &t.host, port: t.port };
             let mut cache = None;
             let mut addrs = || resolve_cached(&mut cache, &t.host);
-            let serve = config.sockd.first_match(&q, &mut addrs).is_some_and(|r| r.action == ServerAction::Permit);
-            let direct = match &config.socks {
-                None => true,
-                Some(s) => s.first_match(&q, &mut addrs).is_some_and(|r| r.action == ClientAction::Direct),
-            };
-            serve && direct
+            if !config.sockd.first_match(&q, &mut addrs).is_some_and(|r| r.action == ServerAction::Permit) {
+                return udp::Verdict::Drop;
+            }
+            match &config.socks {
+                None => udp::Verdict::Direct,
+                Some(s) => match s.first_match(&q, &mut addrs).map(|r| &r.action) {
+                    Some(ClientAction::Direct) => udp::Verdict::Direct,
+                    Some(ClientAction::Sockd(_)) => udp::Verdict::Upstream,
+                    Some(ClientAction::Deny) | None => udp::Verdict::Drop,
+                },
+            }
         };
         let report = udp::associate(
             &control,
@@ -472,11 +480,74 @@ impl Session<'_> {
             udp::Peer { ip: expected.unwrap_or(client_ip), port: req.target.port },
             nonzero(self.opts.idle_timeout),
             &mut permitted,
+            upstream.as_ref().map(|(control, relay)| udp::UpstreamAssociation { control, relay: *relay }),
         )
         .map_err(sys("relay UDP"))?;
         rec.bytes_out = report.bytes_out;
         rec.bytes_in = report.bytes_in;
         rec.outcome = format!("ok:udp:{}-datagrams-dropped", report.dropped);
+        Ok(())
+    }
+
+    /// Refuses a route through this server itself; whether it did.
+    fn refuse_loop(&self, list: &[Upstream], rec: &mut Record) -> bool {
+        let Some(local) = self.local else { return false };
+        for u in list {
+            let ips = match &u.host {
+                Host::Ip(ip) => vec![*ip],
+                Host::Name(n) => resolve(n),
+            };
+            if u.port == local.port() && ips.contains(&local.ip()) {
+                self.refuse(rec, V4_REJECTED, Rep::NotAllowed, &format!("refused:loop:{u}"));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// UDP ASSOCIATE through the first SOCKS5 upstream that grants one.
+    fn udp_via_upstreams(
+        &mut self,
+        list: &[Upstream],
+        req: &Request,
+        config: &Config,
+        user: Option<&str>,
+        rec: &mut Record,
+    ) -> Result<(), SessionError> {
+        let marks = BadMarks::new(self.opts.state_dir.as_deref(), self.opts.bad_for);
+        // We do not know our UDP address toward the upstream yet: 0.0.0.0:0
+        // (RFC 1928: the upstream then takes the TCP peer's address).
+        let zero = Target { host: Host::Ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port: 0 };
+        let mut last = (Rep::CommandNotSupported, "failed:no-socks5-upstream-for-udp".to_owned());
+        for u in marks.order(list) {
+            if u.protocol != Protocol::Socks5 {
+                continue;
+            }
+            rec.via = u.to_string();
+            match self.upstream_handshake(u, Command::UdpAssociate, &zero, &[]) {
+                Ok((stream, _, bound)) => {
+                    marks.mark_good(u);
+                    let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                    let ip = match &bound.host {
+                        Host::Ip(ip) if !ip.is_unspecified() => *ip,
+                        Host::Ip(_) => peer,
+                        Host::Name(n) => resolve(n).first().copied().unwrap_or(peer),
+                    };
+                    return self.udp(req, config, user, rec, Some((stream, SocketAddr::new(ip, bound.port))));
+                }
+                Err(UpstreamFailure::Connect(e)) => {
+                    marks.mark_bad(u);
+                    last = (rep_of(&e), format!("failed:upstream-connect:{e}"));
+                }
+                Err(UpstreamFailure::Protocol(e)) => {
+                    if e.upstream_broken() {
+                        marks.mark_bad(u);
+                    }
+                    last = (e.rep(), format!("failed:upstream:{e}"));
+                }
+            }
+        }
+        self.refuse(rec, V4_REJECTED, last.0, &last.1);
         Ok(())
     }
 
@@ -487,18 +558,6 @@ impl Session<'_> {
         cache: &mut Option<Vec<IpAddr>>,
         rec: &mut Record,
     ) -> Result<(), SessionError> {
-        if let Some(local) = self.local {
-            for u in list {
-                let ips = match &u.host {
-                    Host::Ip(ip) => vec![*ip],
-                    Host::Name(n) => resolve(n),
-                };
-                if u.port == local.port() && ips.contains(&local.ip()) {
-                    self.refuse(rec, V4_REJECTED, Rep::NotAllowed, &format!("refused:loop:{u}"));
-                    return Ok(());
-                }
-            }
-        }
         let marks = BadMarks::new(self.opts.state_dir.as_deref(), self.opts.bad_for);
         // A SOCKS4 client's USERID goes on (the original did); a SOCKS5
         // client's RFC 1929 name and password never do.

@@ -5,8 +5,11 @@
 //! address, and from the port it named or, when it named 0, from the port
 //! of its first datagram), one per family facing the destinations (only
 //! datagrams from addresses the client wrote to come back). Each new
-//! destination is checked against both files once: sockd.conf must permit
-//! it and socks.conf must route it direct. Fragments are dropped.
+//! destination is checked against both files once (the caller's
+//! `permitted`): dropped, sent direct, or sent through the association
+//! rsockd holds with a SOCKS5 upstream, header and all (the name in it
+//! unresolved), whose datagrams come back to the client as they are.
+//! Fragments are dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -44,9 +47,35 @@ pub struct UdpReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Control,
+    UpstreamControl,
     Client,
     Out4,
     Out6,
+}
+
+/// What to do with datagrams to a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Drop them.
+    Drop,
+    /// Send them to the destination.
+    Direct,
+    /// Send them through the upstream's association.
+    Upstream,
+}
+
+/// An association with a SOCKS5 upstream: its control connection and its
+/// relay address.
+#[derive(Debug)]
+pub struct UpstreamAssociation<'a> {
+    pub control: &'a TcpStream,
+    pub relay: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Direct(SocketAddr),
+    Upstream,
 }
 
 pub fn associate(
@@ -54,7 +83,8 @@ pub fn associate(
     relay: &UdpSocket,
     client: Peer,
     idle: Duration,
-    permitted: &mut dyn FnMut(&Target) -> bool,
+    permitted: &mut dyn FnMut(&Target) -> Verdict,
+    upstream: Option<UpstreamAssociation<'_>>,
 ) -> io::Result<UdpReport> {
     let out4 = UdpSocket::bind("0.0.0.0:0")?;
     let out6 = UdpSocket::bind("[::]:0").ok();
@@ -68,9 +98,12 @@ pub fn associate(
     let mut client_port = (client.port != 0).then_some(client.port);
     let mut client_addr: Option<SocketAddr> = None;
     let mut peers: HashSet<SocketAddr> = HashSet::new();
-    let mut verdicts: HashMap<Target, Option<SocketAddr>> = HashMap::new();
+    let mut verdicts: HashMap<Target, Option<Route>> = HashMap::new();
+    if let Some(u) = &upstream {
+        u.control.set_nonblocking(true)?;
+    }
     let mut report = UdpReport::default();
-    let mut poll = PollSet::with_capacity(4);
+    let mut poll = PollSet::with_capacity(5);
     let mut buf = vec![0u8; 65536];
     let mut deadline = Deadline::after(idle);
     loop {
@@ -81,12 +114,24 @@ pub fn associate(
         if let Some(o) = &out6 {
             round.register(o.as_fd(), Interest::Read, Slot::Out6);
         }
+        if let Some(u) = &upstream {
+            round.register(u.control.as_fd(), Interest::Read, Slot::UpstreamControl);
+        }
         let ready: Vec<Slot> = round.wait(deadline)?.iter().map(|(t, _)| *t).collect();
         if ready.is_empty() && deadline.expired() {
             return Ok(report);
         }
         for slot in ready {
             match slot {
+                Slot::UpstreamControl => {
+                    let Some(u) = &upstream else { continue };
+                    match fd::read(u.control, &mut buf) {
+                        Ok(0) => return Ok(report),
+                        Ok(_) => {}
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                        Err(_) => return Ok(report),
+                    }
+                }
                 Slot::Control => match fd::read(control, &mut buf) {
                     Ok(0) => return Ok(report),
                     Ok(_) => {}
@@ -110,17 +155,19 @@ pub fn associate(
                             report.dropped += 1;
                             continue;
                         };
-                        let dest = match verdicts.get(&target) {
+                        let route = match verdicts.get(&target) {
                             Some(d) => *d,
                             None => {
-                                let d = if permitted(&target) {
-                                    let ip = match &target.host {
-                                        Host::Ip(ip) => Some(*ip),
-                                        Host::Name(n) => resolve(n).first().copied(),
-                                    };
-                                    ip.map(|ip| SocketAddr::new(ip, target.port))
-                                } else {
-                                    None
+                                let d = match permitted(&target) {
+                                    Verdict::Drop => None,
+                                    Verdict::Upstream => upstream.as_ref().map(|_| Route::Upstream),
+                                    Verdict::Direct => {
+                                        let ip = match &target.host {
+                                            Host::Ip(ip) => Some(*ip),
+                                            Host::Name(n) => resolve(n).first().copied(),
+                                        };
+                                        ip.map(|ip| Route::Direct(SocketAddr::new(ip, target.port)))
+                                    }
                                 };
                                 if verdicts.len() < MAX_REMEMBERED {
                                     verdicts.insert(target.clone(), d);
@@ -128,12 +175,18 @@ pub fn associate(
                                 d
                             }
                         };
-                        let Some(dest) = dest else {
-                            report.dropped += 1;
-                            continue;
+                        // Through the upstream the datagram goes as it came,
+                        // header included.
+                        let (dest, datagram) = match (route, &upstream) {
+                            (Some(Route::Direct(d)), _) => (d, &buf[off..n]),
+                            (Some(Route::Upstream), Some(u)) => (u.relay, &buf[..n]),
+                            _ => {
+                                report.dropped += 1;
+                                continue;
+                            }
                         };
                         let sock = if dest.is_ipv4() { Some(&out4) } else { out6.as_ref() };
-                        match sock.map(|s| s.send_to(&buf[off..n], dest)) {
+                        match sock.map(|s| s.send_to(datagram, dest)) {
                             Some(Ok(_)) => {
                                 report.bytes_out += (n - off) as u64;
                                 if peers.len() < MAX_REMEMBERED {
@@ -158,7 +211,13 @@ pub fn associate(
                             report.dropped += 1;
                             continue;
                         };
-                        let d = encode_udp(&Target::from_socket(from), &buf[..n]);
+                        // From the upstream's relay: already with its header.
+                        let from_upstream = upstream.as_ref().is_some_and(|u| u.relay == from);
+                        let d = if from_upstream {
+                            buf[..n].to_vec()
+                        } else {
+                            encode_udp(&Target::from_socket(from), &buf[..n])
+                        };
                         if relay.send_to(&d, to).is_ok() {
                             report.bytes_in += n as u64;
                             deadline = Deadline::after(idle);
