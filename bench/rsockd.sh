@@ -164,7 +164,7 @@ elif mode == "ttfb":
 PY
 
 small=$(free_port); bulkp=$(free_port)
-python3 "$work/target.py" "$small" "$bulkp" "$BULK_MIB" &
+python3 "$work/target.py" "$small" "$bulkp" "$BULK_MIB" 2>"$work/target.log" &
 pids+=($!)
 wait_port "$small"; wait_port "$bulkp"
 
@@ -220,9 +220,9 @@ wait_port "$da_b"; wait_port "$da_a"
 
 # socat: two plain relays in a row to the bulk target.
 so_b=$(free_port); so_a=$(free_port)
-socat "TCP-LISTEN:$so_b,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$bulkp" &
+socat "TCP-LISTEN:$so_b,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$bulkp" 2>>"$work/socat.log" &
 pids+=($!)
-socat "TCP-LISTEN:$so_a,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$so_b" &
+socat "TCP-LISTEN:$so_a,bind=127.0.0.1,fork,reuseaddr" "TCP:127.0.0.1:$so_b" 2>>"$work/socat.log" &
 pids+=($!)
 wait_port "$so_b"; wait_port "$so_a"
 
