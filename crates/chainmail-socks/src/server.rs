@@ -170,7 +170,16 @@ impl ServerHandshake {
     /// other than `NeedMore`, call again with no data: bytes already
     /// received may complete the next message.
     pub fn push(&mut self, data: &[u8]) -> Result<Step, ServerError> {
-        let r = self.push_inner(data);
+        let version = self.first_version();
+        let r = match self.push_inner(data) {
+            // Held bytes are bounded when more are needed: every message is
+            // decided within MAX_BUFFERED bytes, so only bytes waiting
+            // behind an unanswered step can pile up. (Checked after
+            // parsing, so the answer does not depend on how the bytes were
+            // cut; the caller's reads are bounded.)
+            Ok(Step::NeedMore) if self.buf.len() > MAX_BUFFERED => Err(ServerError::Oversize(version)),
+            r => r,
+        };
         if r.is_err() {
             self.phase = Phase::Failed;
         }
@@ -184,10 +193,7 @@ impl ServerHandshake {
             _ => Some(Version::V5),
         };
         if self.phase == Phase::Done {
-            return Err(ServerError::TrailingBytes(Version::V5));
-        }
-        if self.buf.len() + data.len() > MAX_BUFFERED {
-            return Err(ServerError::Oversize(version.or_else(|| self.first_version())));
+            return Err(ServerError::TrailingBytes(version.unwrap_or(Version::V5)));
         }
         self.buf.extend_from_slice(data);
         loop {
@@ -590,10 +596,24 @@ mod tests {
 
     #[test]
     fn oversize() {
+        // Bytes piling up behind a greeting not answered yet.
         let mut h = ServerHandshake::new();
         assert_eq!(h.push(&[5, 1, 0]), Ok(Step::Methods(vec![0])));
-        h.choose_method(METHOD_NONE);
-        assert_eq!(h.push(&vec![5; MAX_BUFFERED + 1]), Err(ServerError::Oversize(Some(Version::V5))));
+        assert_eq!(h.push(&vec![5; MAX_BUFFERED]), Ok(Step::NeedMore));
+        assert_eq!(h.push(&[5]), Err(ServerError::Oversize(Some(Version::V5))));
+    }
+
+    /// Found by the fuzz target: a long input with a bad version byte was
+    /// "oversize" in one piece and "unknown version" in pieces.
+    #[test]
+    fn same_answer_for_a_long_bad_input() {
+        let mut input = vec![0x20, 0x0a, 0x3a, 0x00, 0x70];
+        input.resize(524, 0);
+        for chunk in [1, 6, 64, 524] {
+            check_properties(&input, chunk);
+        }
+        let (_, r) = run_chunked(&input, 524, |_| METHOD_NONE_ACCEPTABLE, |_, _| false);
+        assert_eq!(r, Err(ServerError::UnknownVersion(0x20)));
     }
 
     #[test]
