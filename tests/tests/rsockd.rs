@@ -890,3 +890,48 @@ fn udp_associate_through_an_upstream() {
     let b_line = &log_lines(&b, 1)[0];
     assert!(b_line.contains("cmd=udp") && b_line.contains("ok:udp:0-datagrams-dropped"), "{b_line}");
 }
+
+#[test]
+fn options_and_password_file_mode() {
+    let dir = TestDir::new("rsockd_options");
+    let o = run(Command::new(bin("rsockd")).arg("-ver"), b"", secs(10));
+    assert!(o.success() && o.stdout_str().starts_with("rsockd "), "{}", o.describe());
+    for bad in [&["-x"][..], &["-c", "604801"], &["-t", "5s"], &["-T", "onlyone"], &["extra"]] {
+        let o = run(Command::new(bin("rsockd")).args(bad), b"", secs(10));
+        assert_eq!(o.code(), Some(100), "{bad:?}: {}", o.describe());
+        assert!(o.stderr_str().contains("rsockd: usage:"), "{}", o.describe());
+    }
+    // A password file others can read is refused, by -C and when serving.
+    let sockd = write(&dir, "sockd.conf", "permit ALL\n");
+    let pw = write(&dir, "passwords", "alice:secret\n");
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let o = run(
+        Command::new(bin("rsockd")).arg("-f").arg(&sockd).arg("-F").arg(dir.join("none")).arg("-a").arg(&pw).arg("-C"),
+        b"",
+        secs(10),
+    );
+    assert_eq!(o.code(), Some(100), "{}", o.describe());
+    assert!(o.stdout_str().contains("readable or writable by group or others"), "{}", o.describe());
+    let s = rsockd(&dir, "pw", "permit ALL\n", None, &["-a", pw.to_str().expect("utf-8")]);
+    let mut c = connect(s.port());
+    c.write_all(&[5, 1, 2]).expect("write");
+    assert_eq!(read_to_end(&mut c), b"", "served with an unsafe password file");
+    let deadline = Instant::now() + secs(10);
+    while !s.stderr().contains("rsockd: fatal:") {
+        assert!(Instant::now() < deadline, "{}", s.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(s.stderr().contains("group or others"), "{}", s.stderr());
+    // -b 0: a failed upstream is never held back (marks expire at once).
+    let (broken, attempts) = broken_upstream();
+    let target = http_target(&dir);
+    let b = rsockd(&dir, "b", "permit ALL\n", None, &[]);
+    let state = dir.join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let socks = format!("sockd @=socks4a://127.0.0.1:{broken},socks4a://127.0.0.1:{} ALL\n", b.port());
+    let a = rsockd(&dir, "a0", "permit ALL\n", Some(&socks), &["-s", state.to_str().expect("utf-8"), "-b", "0"]);
+    for round in 1..=2 {
+        assert_eq!(socks4_code(a.port(), target.port, b""), 90);
+        assert_eq!(attempts.load(Ordering::SeqCst), round, "-b 0 tried the broken upstream first again");
+    }
+}
