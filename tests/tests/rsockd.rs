@@ -505,6 +505,17 @@ fn upstreams_dante_and_microsocks() {
     let o = curl("socks5", s2.port(), &format!("http://127.0.0.1:{}/index.html", t2.port), &[]);
     assert!(!o.success(), "{}", o.describe());
     assert!(log_lines(&s2, 1)[0].contains("upstream_refused_the_credentials"), "{}", s2.stderr());
+    // danted as a SOCKS5 upstream: the name goes to it unresolved.
+    let s5 = rsockd(
+        &dir,
+        "dante5",
+        "permit 127.0.0.0/8\n",
+        Some(&format!("sockd @=socks5://127.0.0.1:{dante_port} ALL\n")),
+        &[],
+    );
+    let o = curl("socks5-hostname", s5.port(), &format!("http://localhost:{}/index.html", t.port), &[]);
+    assert!(o.success() && o.stdout_str() == PAGE, "via danted by SOCKS5: {}", o.describe());
+    assert!(log_lines(&s5, 1)[0].contains(&format!("via=socks5://127.0.0.1:{dante_port}")), "{}", s5.stderr());
     let dante_log = dante.stop();
     let _ = micro.stop();
     assert!(dante_log.contains("pass") || dante_log.contains("connect"), "danted saw nothing:\n{dante_log}");
@@ -614,6 +625,23 @@ fn chained_rsockd() {
     c.shutdown(Shutdown::Write).expect("shutdown");
     peer.set_read_timeout(Some(secs(10))).expect("timeout");
     assert_eq!(read_to_end(&mut peer), b"from the client", "half-close passed through both hops");
+
+    // SOCKS5 BIND through a SOCKS5 upstream (with the route's credentials).
+    let mut c = connect(a.port());
+    c.write_all(&[5, 1, 2]).expect("write");
+    assert_eq!(read_exact(&mut c, 2), [5, 2]);
+    c.write_all(&[&[1u8, 6][..], b"client", &[9], b"client-pw"].concat()).expect("write");
+    assert_eq!(read_exact(&mut c, 2), [1, 0]);
+    c.write_all(&[5, 2, 0, 1, 127, 0, 0, 1, 0, 0]).expect("write");
+    let first = read_exact(&mut c, 10);
+    assert_eq!(&first[..4], [5, 0, 0, 1], "{first:?}");
+    let mut peer = TcpStream::connect(("127.0.0.1", u16::from_be_bytes([first[8], first[9]]))).expect("connect");
+    let second = read_exact(&mut c, 10);
+    assert_eq!(&second[..4], [5, 0, 0, 1], "{second:?}");
+    peer.write_all(b"5bind").expect("write");
+    assert_eq!(read_exact(&mut c, 5), b"5bind");
+    drop(peer);
+    drop(c);
 
     // A route to this server itself is refused instead of looping.
     let own = rsockd(&dir, "self", "permit 127.0.0.0/8\n", Some("direct ALL\n"), &[]);
@@ -922,6 +950,27 @@ fn options_and_password_file_mode() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(s.stderr().contains("group or others"), "{}", s.stderr());
+    // No socks.conf line: refused (91); without TCPREMOTEIP the client
+    // comes from getpeername.
+    let prog: Vec<OsString> = vec![
+        find_program("env").into(),
+        "-u".into(),
+        "TCPREMOTEIP".into(),
+        "-u".into(),
+        "TCPREMOTEPORT".into(),
+        bin("rsockd").into(),
+        "-f".into(),
+        sockd.clone().into(),
+        "-F".into(),
+        write(&dir, "only10.conf", "direct 10.0.0.0/8\n").into(),
+    ];
+    let peer = Server::start(&dir, &prog, &[]);
+    let mut c = connect(peer.port());
+    let me = c.local_addr().expect("addr");
+    c.write_all(&v4_request(1, 80, [127, 0, 0, 1], b"", None)).expect("write");
+    assert_eq!(read_exact(&mut c, 8)[1], 91);
+    let line = &log_lines(&peer, 1)[0];
+    assert!(line.contains(&format!("client={me} ")) && line.contains("outcome=refused:no-route"), "{line}");
     // -b 0: a failed upstream is never held back (marks expire at once).
     let (broken, attempts) = broken_upstream();
     let target = http_target(&dir);
