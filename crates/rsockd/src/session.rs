@@ -741,7 +741,7 @@ fn rep_of(e: &io::Error) -> Rep {
 /// Starts a rule's `: command`, without a shell: the program is exec'd
 /// with its arguments as written, the request's values in `SOCKD_*`
 /// variables, stdin from /dev/null and stdout to our stderr (the log), so
-/// nothing of it reaches the client. It is not waited for.
+/// nothing of it reaches the client. rsockd does not wait for it.
 fn run_command(argv: Option<&[String]>, env: &CommandEnv) {
     let Some((prog, args)) = argv.and_then(|a| a.split_first()) else { return };
     let stdout = std::io::stderr().as_fd().try_clone_to_owned().map(Stdio::from).unwrap_or_else(|_| Stdio::null());
@@ -751,7 +751,12 @@ fn run_command(argv: Option<&[String]>, env: &CommandEnv) {
         .stdin(Stdio::null())
         .stdout(stdout)
         .spawn();
-    if let Err(e) = r {
-        diag::warn(format_args!("unable to run {prog}: {e}"));
+    match r {
+        // Reaped by a thread of its own, so that a long relay leaves no
+        // zombie behind.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => diag::warn(format_args!("unable to run {prog}: {e}")),
     }
 }
