@@ -375,6 +375,26 @@ fn identd_modes() {
         assert_eq!(identd.queries.load(Ordering::SeqCst), before, "?=n must not ask identd");
         assert!(before >= 4, "identd was asked {before} times");
     }
+    {
+        // An identd that accepts and never answers: -c 1 bounds the wait.
+        let l = TcpListener::bind("127.0.0.1:113").expect("bind 127.0.0.1:113");
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in l.incoming() {
+                held.push(c);
+                if held.len() > 1 {
+                    return;
+                }
+            }
+        });
+        let quick = rsockd(&dir, "quick", &sockd, None, &["-I", "-c", "1"]);
+        let start = Instant::now();
+        assert_eq!(socks4_code(quick.port(), t.port, b"alice"), 92);
+        assert!(start.elapsed() >= Duration::from_millis(900) && start.elapsed() < secs(8), "{:?}", start.elapsed());
+        // Release the port for what follows: the listener thread ends on a
+        // second connection.
+        let _ = TcpStream::connect("127.0.0.1:113");
+    }
     // TCPREMOTEINFO (the UCSPI server asked already) is used instead.
     let prog: Vec<OsString> = vec![
         find_program("env").into(),
@@ -819,6 +839,27 @@ fn half_close_and_idle_timeout() {
     assert_eq!(read_to_end(&mut c), format!("got {}", big.len()).as_bytes());
     let line = &log_lines(&s, 1)[0];
     assert!(line.contains(&format!("out={} in=", big.len())), "{line}");
+    // Connect timeout: a listener whose backlog is full never completes
+    // the handshake; -c 1 gives up (SOCKS5: REP 4, host unreachable).
+    let mut cmd = Command::new(find_program("python3"));
+    cmd.args([
+        "-u",
+        "-c",
+        "import socket, time\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen(0)\n\
+         c = socket.create_connection(l.getsockname())\nprint(l.getsockname()[1])\ntime.sleep(60)\n",
+    ]);
+    let (_full, out) = Peer::spawn(cmd, dir.join("full.stderr"), "a full listener");
+    let full: u16 = first_line(out.expect("stdout"), secs(20)).and_then(|l| l.trim().parse().ok()).expect("port");
+    let quick = rsockd(&dir, "quick", "permit ALL\n", None, &["-c", "1"]);
+    let mut c = connect(quick.port());
+    c.write_all(&[5, 1, 0]).expect("write");
+    assert_eq!(read_exact(&mut c, 2), [5, 0]);
+    let start = Instant::now();
+    let p = full.to_be_bytes();
+    c.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, p[0], p[1]]).expect("write");
+    assert_eq!(read_exact(&mut c, 10)[1], 4, "REP 4 after the connect timeout");
+    assert!(start.elapsed() >= Duration::from_millis(900) && start.elapsed() < secs(8), "{:?}", start.elapsed());
+    assert!(log_lines(&quick, 1)[0].contains("outcome=failed:connect"), "{}", quick.stderr());
     // Idle: nothing moves for -t 1 second, and the connection is closed.
     let mut c = connect(s.port());
     c.write_all(&v4_request(1, tport, [127, 0, 0, 1], b"", None)).expect("write");

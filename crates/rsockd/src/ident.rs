@@ -8,7 +8,7 @@ use chainmail_sys::Deadline;
 
 use crate::io::read_some;
 
-/// How long an identd has to answer.
+/// How long an identd has to answer, at most (less when `-c` is shorter).
 pub const IDENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The user identd reports for the connection from `client` to `local`,

@@ -167,7 +167,9 @@ impl Session<'_> {
             let answer = match std::env::var("TCPREMOTEINFO") {
                 Ok(u) if !u.is_empty() => Ok(u),
                 _ => match self.local {
-                    Some(local) => ident::query(self.client, local, ident::IDENT_TIMEOUT),
+                    Some(local) => {
+                        ident::query(self.client, local, ident::IDENT_TIMEOUT.min(nonzero(self.opts.connect_timeout)))
+                    }
                     None => Err("no local address".into()),
                 },
             };
