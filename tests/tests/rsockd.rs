@@ -295,22 +295,37 @@ fn rules_through_t_and_c() {
     assert!(log_lines(&s, 1)[0].contains("outcome=refused:no-sockd-rule"));
 }
 
+/// A listener on 127.0.0.1:113 with SO_REUSEADDR (the previous identd's
+/// connections linger in TIME_WAIT on that port).
+fn listen_113() -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 113)).expect("bind 127.0.0.1:113 (the tests run as root)");
+    listen(&fd, Backlog::new(16).expect("backlog")).expect("listen");
+    TcpListener::from(fd)
+}
+
 /// A minimal RFC 1413 server on 127.0.0.1:113 answering `user` for every
 /// query, until dropped.
 struct Identd {
     addr: SocketAddr,
     stop: Arc<AtomicUsize>,
     queries: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Identd {
     fn start(user: &'static str) -> Identd {
-        let l = TcpListener::bind("127.0.0.1:113").expect("bind 127.0.0.1:113 (the tests run as root)");
+        let l = listen_113();
         let addr = l.local_addr().expect("addr");
         let stop = Arc::new(AtomicUsize::new(0));
         let queries = Arc::new(AtomicUsize::new(0));
         let (st, q) = (stop.clone(), queries.clone());
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             for c in l.incoming() {
                 if st.load(Ordering::SeqCst) != 0 {
                     return;
@@ -324,7 +339,7 @@ impl Identd {
                 let _ = c.write_all(format!("{query} : USERID : UNIX : {user}\r\n").as_bytes());
             }
         });
-        Identd { addr, stop, queries }
+        Identd { addr, stop, queries, thread: Some(thread) }
     }
 }
 
@@ -332,6 +347,11 @@ impl Drop for Identd {
     fn drop(&mut self) {
         self.stop.store(1, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
+        // The port is free again only once the thread has dropped its
+        // listener.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -377,7 +397,7 @@ fn identd_modes() {
     }
     {
         // An identd that accepts and never answers: -c 1 bounds the wait.
-        let l = TcpListener::bind("127.0.0.1:113").expect("bind 127.0.0.1:113");
+        let l = listen_113();
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for c in l.incoming() {
