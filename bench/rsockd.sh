@@ -45,7 +45,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" 
 fi
 
 PROFILE=${PROFILE:-release}
-log "building rsockd ($PROFILE)"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+log "building rsockd ($PROFILE) at $commit"
 if [ "$PROFILE" = release ]; then
     cargo rustc --release --locked -q -p rsockd --bin rsockd -- -C target-feature=+crt-static
     dir=release
@@ -258,7 +259,7 @@ done
 m() { tr ' ' '\n' <<<"${res[$1]}" | grep . | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "rsockd-bench: $(date -u +%Y-%m-%d) $(git rev-parse --short HEAD 2>/dev/null) profile $PROFILE, $(nproc) CPUs, rounds $ROUNDS, medians"
+echo "rsockd-bench: $(date -u +%Y-%m-%d) $commit profile $PROFILE, $(nproc) CPUs, rounds $ROUNDS, medians"
 echo
 echo "| figure | rsockd | danted | socat | rsockd / danted | rsockd / socat |"
 echo "|---|---:|---:|---:|---:|---:|"
