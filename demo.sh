@@ -9,8 +9,9 @@
 # (tlsstrictness 2), the way qmail-rspawn would run it, and its report is
 # shown. The stored messages are shown. Last, qmail-qmqpc hands a message
 # to qrelay, whose Lua handler adds a header and relays it to postfix's
-# qmqp-sink (skipped when qmqp-sink is missing: tests/run unpacks it), and
-# everything is stopped. Run as root on a fresh
+# qmqp-sink (skipped when qmqp-sink is missing: tests/run unpacks it); then
+# curl fetches a page through two chained rsockd (SOCKS5 with per-route
+# credentials) from a python3 http.server, and everything is stopped. Run as root on a fresh
 # Debian machine, missing packages (ucspi-tcp, swaks, openssl) are
 # installed first.
 set -eu
@@ -48,16 +49,19 @@ done
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 qbin=${CARGO_TARGET_DIR:-$top/target}/release-small
 
-cargo build --release --locked -q -p qrelay -p qmail-qmqpc
+cargo build --release --locked -q -p qrelay -p qmail-qmqpc -p rsockd
 
 work=$(mktemp -d /tmp/chainmail-demo.XXXXXX)
 server_pid=
 sink_pid=
 qrelay_pid=
+http_pid=
+socks_a_pid=
+socks_b_pid=
 cleanup() {
     local pid
     # A killed process's status (143) is not the demo's: ignore it.
-    for pid in $server_pid $qrelay_pid $sink_pid; do
+    for pid in $server_pid $qrelay_pid $sink_pid $http_pid $socks_a_pid $socks_b_pid; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
     done
     rm -rf "$work"
@@ -151,5 +155,48 @@ LUA
     grep -q 'reply=KOk' "$work/qrelay.log"
 else
     echo "demo: qmqp-sink is missing (tests/run unpacks it from the postfix package): QMQP part skipped"
+fi
+# SOCKS: curl -> rsockd A -> rsockd B -> python3 -m http.server, on
+# loopback. A routes everything through B by SOCKS5 with the route's own
+# credentials; the host name goes through A unresolved and B resolves it.
+if command -v curl >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
+    echo
+    mkdir "$work/www"
+    echo "hello through two SOCKS hops" >"$work/www/index.html"
+    mkfifo "$work/http.port" "$work/a.port" "$work/b.port"
+    python3 -u -m http.server --bind 127.0.0.1 --directory "$work/www" 0 >"$work/http.port" 2>/dev/null &
+    http_pid=$!
+    read -r line <"$work/http.port"
+    set -- $line
+    hport=$6
+    printf 'permit 127.0.0.0/8\n' >"$work/sockd.conf"
+    printf 'route:route-pw\n' >"$work/b.pw"
+    chmod 600 "$work/b.pw"
+    tcpserver -1 -R -H -l0 127.0.0.1 0 "$bin/rsockd" -f "$work/sockd.conf" -F "$work/b-socks.conf" -a "$work/b.pw" \
+        >"$work/b.port" 2>"$work/b.log" &
+    socks_b_pid=$!
+    read -r bport <"$work/b.port"
+    echo "sockd @=socks5://route:route-pw@127.0.0.1:$bport ALL" >"$work/a-socks.conf"
+    tcpserver -1 -R -H -l0 127.0.0.1 0 "$bin/rsockd" -f "$work/sockd.conf" -F "$work/a-socks.conf" \
+        >"$work/a.port" 2>"$work/a.log" &
+    socks_a_pid=$!
+    read -r aport <"$work/a.port"
+    echo "demo: rsockd A on 127.0.0.1:$aport -> rsockd B on 127.0.0.1:$bport -> http.server on 127.0.0.1:$hport"
+    echo "demo: rsockd -T localhost $hport (A's decision):"
+    "$bin/rsockd" -f "$work/sockd.conf" -F "$work/a-socks.conf" -T localhost "$hport" | sed 's/^/    /'
+    echo "demo: curl --socks5-hostname 127.0.0.1:$aport http://localhost:$hport/"
+    timeout 30 curl -sS --socks5-hostname "127.0.0.1:$aport" "http://localhost:$hport/index.html" | tee "$work/socks.out"
+    grep -q 'two SOCKS hops' "$work/socks.out"
+    # Each rsockd logs its line when its connection ends.
+    for log in a b; do
+        for _ in $(seq 100); do grep -q '^rsockd: client=' "$work/$log.log" && break; sleep 0.05; done
+    done
+    echo "demo: rsockd A logged:"
+    sed 's/^/    /' "$work/a.log"
+    echo "demo: rsockd B logged (the route's user, the name unresolved until B):"
+    sed 's/^/    /' "$work/b.log"
+    grep -q 'user=route.*dest=localhost:' "$work/b.log"
+else
+    echo "demo: curl or python3 is missing: SOCKS part skipped"
 fi
 echo "demo: ok"
