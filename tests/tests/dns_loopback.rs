@@ -346,8 +346,8 @@ mx.elsewhere.example A 192.0.2.11
 }
 
 #[test]
-fn slow_dns_two_rounds_under_450ms() {
-    let dir = TestDir::new("dns_slow_dns_two_rounds_under_450ms");
+fn slow_dns_two_rounds_not_three() {
+    let dir = TestDir::new("dns_slow_dns_two_rounds_not_three");
     let _alone = TIMING.write().unwrap_or_else(|e| e.into_inner());
     let server = DnsServer::start_delayed(
         &dir,
@@ -371,7 +371,11 @@ mx3.slow.test AAAA ::3
     println!("slow DNS (200 ms per answer, MX + 3 exchangers with A and AAAA): plan_mx took {took:?}");
     assert_eq!(names(&list), ["mx1.slow.test", "mx2.slow.test", "mx3.slow.test"]);
     assert_eq!(list[0].addrs, ips(&["::1", "127.0.0.1"]));
-    assert!(took < Duration::from_millis(450), "{took:?}");
+    // Two rounds (the MX query, then the six address queries at once) take
+    // 400 ms; anything less parallel takes at least three (600 ms). The
+    // bound sits between them, not just above 400 ms: a loaded machine
+    // adds tens of milliseconds, and the test is about the rounds.
+    assert!(took < Duration::from_millis(590), "{took:?}: more than two rounds of 200 ms");
     let mut log = {
         let mut s = server;
         s.stop()
