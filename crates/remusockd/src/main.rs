@@ -295,7 +295,19 @@ async fn signals(tls: Option<(Rc<RefCell<TlsState>>, bool)>) -> Result<(), Error
     }
 }
 
+/// Raises the soft limit on descriptors to the hard one: every channel
+/// holds a local connection.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 fn run() -> Result<u8, Error> {
+    raise_descriptor_limit();
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     let o = args::parse(argv).map_err(Error::Usage)?;
     log::set_verbose(o.verbose);
