@@ -11,8 +11,8 @@ use std::time::Duration;
 use chainmail_tests::run::run;
 use chainmail_tests::tmp::TestDir;
 
-const BINARIES: [&str; 6] =
-    ["ucspi-tlsd", "smtpd-starttls-proxy-io", "qrelay", "qmail-remote", "qmail-remote-io", "qmail-qmqpc"];
+const BINARIES: [&str; 7] =
+    ["ucspi-tlsd", "smtpd-starttls-proxy-io", "qrelay", "remusockd", "qmail-remote", "qmail-remote-io", "qmail-qmqpc"];
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../install.sh")
