@@ -663,7 +663,8 @@ fn an_original_socket_client_dialing_in_sees_only_original_frames() {
     let rd = Rd::start(&dir, "front", &["-b", "127.0.0.1", &fs.display().to_string(), &port.to_string()]);
     let mut peer = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     peer.set_read_timeout(Some(secs(10))).expect("timeout");
-    assert_eq!(read_n(&mut peer, 2), b"IS");
+    // The IDENT, then the probe: two PONGs, which the original accepts.
+    assert_eq!(read_n(&mut peer, 4), b"IS!!");
     peer.write_all(b"IC").expect("ident");
     // A local client: HELLO 1; the original connects, CONNECTs, and both
     // directions carry data.
@@ -770,4 +771,55 @@ fn a_socket_server_listener_serves_one_tunnel_at_a_time() {
     let mut b = Vec::new();
     let _ = second.read_to_end(&mut b);
     assert!(b.is_empty(), "the second link is closed at once: {b:?}");
+}
+
+#[test]
+fn a_dialer_redials_within_a_second_after_bad_input() {
+    let dir = TestDir::new("remusockd_redial");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port().to_string();
+    let ss = dir.join("svc.sock").display().to_string();
+    let rd = Rd::start_env(&dir, "back", &["-c", "-r", "127.0.0.1", &ss, &port], &[], false);
+    let (mut first, _) = l.accept().expect("accept");
+    first.write_all(b"XY").expect("garbage IDENT");
+    let closed = Instant::now();
+    let mut rest = Vec::new();
+    first.set_read_timeout(Some(secs(10))).expect("timeout");
+    let _ = first.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing answered to a bad IDENT: {rest:?}");
+    l.set_nonblocking(false).expect("blocking");
+    let (_second, _) = l.accept().expect("the dialer comes back");
+    assert!(closed.elapsed() < chainmail_tests::limit(Duration::from_millis(1500)), "{:?}", closed.elapsed());
+    rd.wait_log("bad IDENT");
+}
+
+#[test]
+fn the_ident_exchange_times_out() {
+    let dir = TestDir::new("remusockd_handshake_timeout");
+    let port = free_port();
+    let fs = dir.join("front.sock");
+    let rd = Rd::start(&dir, "front", &["-b", "127.0.0.1", &fs.display().to_string(), &port.to_string()]);
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    silent.set_read_timeout(Some(secs(30))).expect("timeout");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let _ = silent.read_to_end(&mut got);
+    assert_eq!(got, b"IS!!");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(9) && waited < secs(20), "{waited:?}");
+    rd.wait_log("handshake timed out");
+}
+
+#[test]
+fn held_clients_are_reset_after_w_seconds() {
+    let dir = TestDir::new("remusockd_w1");
+    let port = free_port().to_string();
+    let fs = dir.join("front.sock").display().to_string();
+    let _front = Rd::start(&dir, "front", &["-w", "1", "-b", "127.0.0.1", &fs, &port]);
+    let mut s = connect(&dir.join("front.sock"));
+    let start = Instant::now();
+    let mut b = Vec::new();
+    let _ = s.read_to_end(&mut b);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < secs(5), "{waited:?}");
 }
