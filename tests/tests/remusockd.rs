@@ -823,3 +823,24 @@ fn held_clients_are_reset_after_w_seconds() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(900) && waited < secs(5), "{waited:?}");
 }
+
+#[test]
+fn ucspi_mode_on_fds_6_and_7_under_tcpclient() {
+    let dir = TestDir::new("remusockd_tcpclient");
+    let _svc = echo_service(&dir, &dir.join("svc.sock"));
+    let port = free_port().to_string();
+    let front = dir.join("front.sock");
+    let rd = Rd::start(&dir, "front", &["-b", "127.0.0.1", &front.display().to_string(), &port]);
+    // tcpclient connects and runs the socket client side with the
+    // connection on fds 6 (read) and 7 (write).
+    let mut cmd = Command::new(find_program("tcpclient"));
+    cmd.args(["-H", "-R", "127.0.0.1", &port]).arg(bin("remusockd")).args([
+        "-f",
+        "-U",
+        "-c",
+        &dir.join("svc.sock").display().to_string(),
+    ]);
+    let (_client, _) = Peer::spawn(cmd, dir.join("tcpclient.log"), "tcpclient");
+    rd.wait_log(" up");
+    assert_eq!(socat_half_close(&front, b"via tcpclient\n"), b"via tcpclient\n");
+}
