@@ -281,9 +281,12 @@ async fn writer(
         if chan.eof.get() {
             let _ = wr.shutdown().await;
             let _ = ctl.send(Ctl::WriterDone(id, generation));
-            // Keep the half: dropping it is what closes the socket once
-            // the reader is done too.
-            std::future::pending::<()>().await;
+            // Keep the half until the channel closes: dropping it is what
+            // closes the socket once the reader is done too.
+            while !chan.close.get() {
+                chan.wake_writer.notified().await;
+            }
+            return;
         }
         chan.wake_writer.notified().await;
     }
