@@ -27,7 +27,7 @@ use chainmail_remusock::tunnel::WINDOW;
 use chainmail_remusock::{ChannelId, Event, MAX_DATA, Role, Tunnel};
 use chainmail_tls::engine::Side;
 use chainmail_tls::{ClientEngine, Engine, EngineError, ServerEngine, Step};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 use tokio::sync::{Notify, mpsc};
@@ -224,7 +224,7 @@ impl Entry {
 async fn reader(
     id: ChannelId,
     generation: u64,
-    mut rd: tokio::net::unix::OwnedReadHalf,
+    rd: tokio::net::unix::OwnedReadHalf,
     chan: Rc<Chan>,
     tx: mpsc::Sender<FromLocal>,
 ) {
@@ -239,8 +239,15 @@ async fn reader(
             }
             chan.wake_reader.notified().await;
         };
+        // The buffer is taken only once there is something to read: an
+        // idle channel holds none.
+        if rd.readable().await.is_err() {
+            let _ = tx.send(FromLocal::Failed(id, generation)).await;
+            return;
+        }
         let mut buf = vec![0u8; allow];
-        let msg = match rd.read(&mut buf).await {
+        let msg = match rd.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Ok(0) => FromLocal::Eof(id, generation),
             Ok(n) => {
                 buf.truncate(n);
