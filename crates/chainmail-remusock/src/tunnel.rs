@@ -53,7 +53,8 @@ pub const DROP_AFTER: Duration = Duration::from_secs(60);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The window of each direction of a channel on a capable link.
 pub const WINDOW: u32 = 256 * 1024;
-/// Credit is given back once this much was written locally.
+/// Credit is given back once this much was written locally (or once the
+/// peer used half its window).
 const CREDIT_BATCH: u32 = WINDOW / 4;
 /// The probe a new peer sends right after its IDENT.
 pub const PROBE: &[u8] = b"!!";
@@ -544,10 +545,11 @@ impl Tunnel {
             return;
         }
         c.credit_due = c.credit_due.saturating_add(n as u32);
-        // Everything written back: give it all, so that a request and its
-        // reply never wait for a batch to fill.
-        let drained = c.recv_window + c.credit_due >= WINDOW;
-        if (c.credit_due >= CREDIT_BATCH || drained) && !c.eof_received {
+        // Credit goes back in batches, or as soon as the peer has used half
+        // its window: a sender never stalls while its data is written, and
+        // requests and replies of a few bytes cost no credit frame each.
+        let half_used = c.recv_window <= WINDOW / 2;
+        if (c.credit_due >= CREDIT_BATCH || half_used) && !c.eof_received {
             let give = c.credit_due.min(WINDOW - c.recv_window);
             c.credit_due = 0;
             if give > 0 {

@@ -204,10 +204,29 @@ fn credit_windows_stop_one_channel_only() {
     let (ea, _) = pump(&mut a, &mut b, now, 64).expect("credit");
     assert_eq!(ea, vec![Event::Credit(slow, CREDIT_BATCH)]);
     assert_eq!(a.send_allowance(slow), MAX_DATA);
-    // A small write on an otherwise drained channel is credited at once.
+    // Small writes cost no credit frame each, until half the window is used.
     b.local_written(fast, 5);
+    let (ea, _) = pump(&mut a, &mut b, now, 64).expect("no credit yet");
+    assert!(ea.is_empty());
+    let mut used = 5;
+    while used < WINDOW as usize / 2 {
+        assert_eq!(a.local_data(fast, &block[..1000]), 1000);
+        used += 1000;
+    }
+    pump(&mut a, &mut b, now, 64).expect("data");
+    b.local_written(fast, 1);
     let (ea, _) = pump(&mut a, &mut b, now, 64).expect("credit");
-    assert_eq!(ea, vec![Event::Credit(fast, 5)]);
+    assert_eq!(ea, vec![Event::Credit(fast, 6)], "everything written is given back");
+    // A sender that used its whole window gets credit for any write.
+    let (mut a, mut b) = pair(true, true, 64);
+    let (id, ..) = open(&mut a, &mut b, 64);
+    while a.send_allowance(id) > 0 {
+        a.local_data(id, &block);
+    }
+    pump(&mut a, &mut b, now, 64).expect("data");
+    b.local_written(id, 1);
+    let (ea, _) = pump(&mut a, &mut b, now, 64).expect("credit");
+    assert_eq!(ea, vec![Event::Credit(id, 1)]);
 }
 
 #[test]
