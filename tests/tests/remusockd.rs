@@ -844,3 +844,64 @@ fn ucspi_mode_on_fds_6_and_7_under_tcpclient() {
     rd.wait_log(" up");
     assert_eq!(socat_half_close(&front, b"via tcpclient\n"), b"via tcpclient\n");
 }
+
+#[test]
+fn a_socket_client_listener_serves_many_original_socket_servers_each_with_its_ids() {
+    let dir = TestDir::new("remusockd_many_tunnels");
+    let _svc = echo_service(&dir, &dir.join("svc.sock"));
+    let port = free_port();
+    let ss = dir.join("svc.sock").display().to_string();
+    let _rd = Rd::start(&dir, "back", &["-c", "-b", "127.0.0.1", &ss, &port.to_string()]);
+    let mut peers: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut p = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            p.set_read_timeout(Some(secs(10))).expect("timeout");
+            assert_eq!(read_n(&mut p, 4), b"IC!!");
+            p.write_all(b"IS").expect("ident");
+            p
+        })
+        .collect();
+    // Each original socket server uses id 1: separate id spaces.
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.write_all(b"H\x00\x01").expect("hello");
+        assert_eq!(next_frame(p).0, b'C', "peer {i}");
+        let msg = format!("tunnel {i}\n");
+        let mut d = b"D\x00\x01\x00".to_vec();
+        d.push(msg.len() as u8);
+        d.extend_from_slice(msg.as_bytes());
+        p.write_all(&d).expect("data");
+    }
+    for (i, p) in peers.iter_mut().enumerate() {
+        let (cmd, id, data) = next_frame(p);
+        assert_eq!((cmd, id, data), (b'D', 1, format!("tunnel {i}\n").into_bytes()));
+    }
+}
+
+#[test]
+fn a_socket_server_dialing_an_original_socket_client() {
+    let dir = TestDir::new("remusockd_dial_original_client");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port().to_string();
+    let fs = dir.join("front.sock");
+    let _rd = Rd::start_env(&dir, "front", &["-r", "127.0.0.1", &fs.display().to_string(), &port], &[], false);
+    let (mut peer, _) = l.accept().expect("accept");
+    peer.set_read_timeout(Some(secs(10))).expect("timeout");
+    peer.write_all(b"IC").expect("ident");
+    assert_eq!(read_n(&mut peer, 4), b"IS!!");
+    wait_for("the socket", secs(10), || fs.exists());
+    let mut local = connect(&fs);
+    local.write_all(b"req\n").expect("write");
+    let (cmd, id, _) = next_frame(&mut peer);
+    assert_eq!((cmd, id), (b'H', 1));
+    // Nothing is read from the local client before CONNECT.
+    peer.write_all(b"C\x00\x01").expect("connect");
+    let (cmd, id, data) = next_frame(&mut peer);
+    assert_eq!((cmd, id, data.as_slice()), (b'D', 1, &b"req\n"[..]));
+    peer.write_all(b"D\x00\x01\x00\x04rep\n").expect("data");
+    let mut got = [0u8; 4];
+    local.read_exact(&mut got).expect("reply");
+    assert_eq!(&got, b"rep\n");
+    drop(local);
+    let (cmd, id, _) = next_frame(&mut peer);
+    assert_eq!((cmd, id), (b'B', 1));
+}
