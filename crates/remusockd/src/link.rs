@@ -46,6 +46,11 @@ const LOCAL_QUEUE: usize = 64;
 const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 /// How long a connect to the local socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes from the link waiting for the local connections of all channels
+/// of a link, above which the link is not read: each channel's buffer is
+/// bounded by its window, this bounds their sum (a peer that opens
+/// thousands of channels to a service that does not read).
+const BUFFERED_LIMIT: usize = 64 * 1024 * 1024;
 /// Local clients held at most while the link is down.
 pub const HOLD_LIMIT: usize = 4096;
 
@@ -197,6 +202,8 @@ struct Entry {
     reader_done: bool,
     writer_done: bool,
     over: bool,
+    /// Bytes given to the writer and not yet reported written.
+    queued: usize,
 }
 
 impl Entry {
@@ -211,6 +218,7 @@ impl Entry {
             reader_done: false,
             writer_done: false,
             over: false,
+            queued: 0,
         }
     }
 
@@ -319,6 +327,8 @@ struct Channels {
     map: HashMap<ChannelId, Entry>,
     generation: u64,
     stalled: usize,
+    /// Bytes given to writers and not yet written, all channels.
+    buffered: usize,
     data_tx: mpsc::Sender<FromLocal>,
     ctl_tx: mpsc::UnboundedSender<Ctl>,
 }
@@ -347,6 +357,7 @@ impl Channels {
             if e.over {
                 self.stalled -= 1;
             }
+            self.buffered -= e.queued;
             e.abort();
         }
     }
@@ -357,6 +368,7 @@ impl Channels {
         if e.over {
             self.stalled -= 1;
         }
+        self.buffered -= e.queued;
         if let Some(r) = e.reader.take() {
             r.abort();
         }
@@ -432,7 +444,7 @@ pub async fn run(shared: Rc<Shared>, wire: Wire, mut crypto: Crypto, listener: b
     let mut tunnel = Tunnel::new(shared.role, listener, shared.extensions, Instant::now());
     let (data_tx, mut data_rx) = mpsc::channel::<FromLocal>(LOCAL_QUEUE);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<Ctl>();
-    let mut chans = Channels { map: HashMap::new(), generation: 0, stalled: 0, data_tx, ctl_tx };
+    let mut chans = Channels { map: HashMap::new(), generation: 0, stalled: 0, buffered: 0, data_tx, ctl_tx };
     let mut established = false;
     let mut plain = Vec::new();
     let mut rbuf = vec![0u8; 64 * 1024];
@@ -452,7 +464,8 @@ pub async fn run(shared: Rc<Shared>, wire: Wire, mut crypto: Crypto, listener: b
             Crypto::Server(e) => (e.wants().net_read, e.wants().net_write),
             Crypto::Client(e) => (e.wants().net_read, e.wants().net_write),
         };
-        let want_read = tls_read && tunnel.output().len() < OUTPUT_HIGH && chans.stalled == 0;
+        let want_read =
+            tls_read && tunnel.output().len() < OUTPUT_HIGH && chans.stalled == 0 && chans.buffered <= BUFFERED_LIMIT;
         let take_local = established && tunnel.output().len() < OUTPUT_LOW;
         let hold_wanted = established && shared.role == Role::SocketServer;
         let deadline = tokio::time::Instant::from_std(tunnel.next_deadline());
@@ -606,6 +619,8 @@ fn handle_events(shared: &Shared, tunnel: &mut Tunnel, chans: &mut Channels) {
             }
             Event::Data(id, bytes) => {
                 let Some(e) = chans.map.get_mut(&id) else { continue };
+                e.queued += bytes.len();
+                chans.buffered += bytes.len();
                 let mut buf = e.chan.to_local.borrow_mut();
                 buf.extend_from_slice(&bytes);
                 let over = buf.len() > WINDOW as usize;
@@ -668,9 +683,14 @@ fn handle_ctl(tunnel: &mut Tunnel, chans: &mut Channels, m: Ctl) {
     match m {
         Ctl::Written(id, g, n) => {
             let Some(e) = chans.get(id, g) else { return };
+            let written = n.min(e.queued);
+            e.queued -= written;
             let relieved = e.over && e.chan.to_local.borrow().len() <= WINDOW as usize;
             if relieved {
                 e.over = false;
+            }
+            chans.buffered -= written;
+            if relieved {
                 chans.stalled -= 1;
             }
             tunnel.local_written(id, n);
