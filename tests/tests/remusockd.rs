@@ -905,3 +905,38 @@ fn a_socket_server_dialing_an_original_socket_client() {
     let (cmd, id, _) = next_frame(&mut peer);
     assert_eq!((cmd, id), (b'B', 1));
 }
+
+#[test]
+fn the_dialer_sends_the_host_name_as_sni() {
+    let dir = TestDir::new("remusockd_sni");
+    let certs = dir.certs();
+    let port = free_port().to_string();
+    let mut cmd = Command::new(find_program("openssl"));
+    cmd.args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-tlsextdebug", "-naccept", "1", "-cert"])
+        .arg(&certs.mx().cert)
+        .arg("-key")
+        .arg(&certs.mx().key);
+    let (_server, stdout) = Peer::spawn(cmd, dir.join("s_server.log"), "openssl s_server");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = stdout.expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| rx.recv_timeout(secs(20)).unwrap_or_else(|_| panic!("no {what} from s_server"));
+    while next("ACCEPT") != "ACCEPT" {}
+    let ss = dir.join("svc.sock").display().to_string();
+    let _rd = Rd::start_env(&dir, "back", &["-V", "-c", "-r", "localhost", &ss, &port], &[], false);
+    loop {
+        let line = next("server name extension");
+        if line.contains("\"server name\"") {
+            assert!(next("its bytes").ends_with("localhost"), "SNI is the name given to -r");
+            break;
+        }
+    }
+}
