@@ -239,34 +239,9 @@ fn a_large_transfer_through_one_channel() {
     let dir = TestDir::new("remusockd_large");
     let _svc = echo_service(&dir, &dir.join("svc.sock"));
     let pair = start_pair(&dir, false, &[], &[]);
-    let s = connect(&pair.front_sock);
-    let mut w = s.try_clone().expect("clone");
-    let writer = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        let mut off = 0u64;
-        while off < SIZE {
-            pattern(off, &mut buf);
-            w.write_all(&buf).expect("write");
-            off += buf.len() as u64;
-        }
-        w.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    });
     let start = Instant::now();
-    let mut r = s;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut want = vec![0u8; 64 << 10];
-    let mut off = 0u64;
-    loop {
-        let n = r.read(&mut buf).expect("read");
-        if n == 0 {
-            break;
-        }
-        pattern(off, &mut want[..n]);
-        assert!(buf[..n] == want[..n], "corrupt at {off}");
-        off += n as u64;
-    }
-    writer.join().expect("writer");
-    assert_eq!(off, SIZE, "everything came back, then EOF (half-close both ways)");
+    // Everything comes back, then EOF (half-close both ways).
+    echo_bulk(&pair.front_sock, SIZE);
     eprintln!("256 MiB echoed in {:?}", start.elapsed());
 }
 
@@ -406,25 +381,44 @@ fn daemonizes_without_f_and_writes_its_pid() {
     let pidfile = dir.join("d.pid");
     let port = free_port().to_string();
     let s = dir.join("d.sock");
+    // The daemon inherits the readiness pipe on fd 3.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).expect("inherit");
+    let w = write_end.as_raw_fd();
     let out = run(
-        Command::new(bin("remusockd")).args([
-            "-p",
-            &pidfile.display().to_string(),
-            "-b",
-            "127.0.0.1",
-            &s.display().to_string(),
-            &port,
-        ]),
+        Command::new("/bin/bash")
+            .arg("-c")
+            .arg(format!("exec \"$@\" 3>&{w} {w}>&-"))
+            .arg("bash")
+            .arg(bin("remusockd"))
+            .args([
+                "-N",
+                "3",
+                "-p",
+                &pidfile.display().to_string(),
+                "-b",
+                "127.0.0.1",
+                &s.display().to_string(),
+                &port,
+            ]),
         b"",
         secs(10),
     );
+    drop(write_end);
     assert_eq!(out.code(), Some(0), "{}", out.describe());
-    wait_for("the pid", secs(10), || std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim().parse::<i32>().is_ok()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let _ = tx.send(std::fs::File::from(read_end).read(&mut b).ok() == Some(1));
+    });
+    assert_eq!(rx.recv_timeout(secs(20)), Ok(true), "the daemon's readiness");
     let pid: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid");
+    assert_ne!(nix::unistd::Pid::from_raw(pid), nix::unistd::getpid());
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     assert!(alive, "the daemon runs");
-    wait_for("the daemon's exit", secs(10), || !pidfile.exists());
+    // SIGTERM: it removes its pidfile and socket.
+    wait_for("the daemon's exit", secs(10), || !pidfile.exists() && !s.exists());
 }
 
 #[test]
@@ -939,4 +933,86 @@ fn the_dialer_sends_the_host_name_as_sni() {
             break;
         }
     }
+}
+
+/// Echoes `size` bytes of the pattern through `path` with a writer thread,
+/// then half-closes; checks every byte and the EOF after them.
+fn echo_bulk(path: &Path, size: u64) {
+    let s = connect(path);
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 48 << 10];
+        let mut off = 0u64;
+        while off < size {
+            let n = (size - off).min(buf.len() as u64) as usize;
+            pattern(off, &mut buf[..n]);
+            w.write_all(&buf[..n]).expect("write");
+            off += n as u64;
+        }
+        w.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    });
+    let mut r = s;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut want = vec![0u8; 64 << 10];
+    let mut off = 0u64;
+    loop {
+        let n = r.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        pattern(off, &mut want[..n]);
+        assert!(buf[..n] == want[..n], "corrupt at {off}");
+        off += n as u64;
+    }
+    writer.join().expect("writer");
+    assert_eq!(off, size);
+}
+
+#[test]
+fn tls_carries_bulk_data_and_many_channels_both_ways() {
+    let dir = TestDir::new("remusockd_tls_bulk");
+    let certs = dir.certs();
+    let _svc = echo_service(&dir, &dir.join("svc.sock"));
+    let port = free_port().to_string();
+    let fs = dir.join("front.sock");
+    let ss = dir.join("svc.sock").display().to_string();
+    let (ca, mx, client) = (certs.ca().display().to_string(), certs.mx(), certs.client());
+    let front = Rd::start(
+        &dir,
+        "front",
+        &[
+            "-C",
+            &ca,
+            "-b",
+            "127.0.0.1",
+            &fs.display().to_string(),
+            &port,
+            &mx.cert.display().to_string(),
+            &mx.key.display().to_string(),
+        ],
+    );
+    let _back = Rd::start(
+        &dir,
+        "back",
+        &[
+            "-C",
+            &ca,
+            "-c",
+            "-r",
+            "127.0.0.1",
+            &ss,
+            &port,
+            &client.cert.display().to_string(),
+            &client.key.display().to_string(),
+        ],
+    );
+    front.wait_log(" up");
+    // Bulk on one channel while small ones come and go.
+    let path = fs.clone();
+    let bulk = std::thread::spawn(move || echo_bulk(&path, 48 << 20));
+    for i in 0..50 {
+        let line = format!("small {i}\n");
+        assert_eq!(socat_half_close(&fs, line.as_bytes()), line.as_bytes());
+    }
+    bulk.join().expect("bulk");
 }

@@ -273,15 +273,30 @@ async fn expire_held(shared: Rc<Shared>) {
     }
 }
 
+/// SIGHUP, SIGTERM and SIGINT, caught from before the readiness
+/// notification on.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup()).map_err(sys("catch SIGHUP"))?,
+            term: signal(SignalKind::terminate()).map_err(sys("catch SIGTERM"))?,
+            int: signal(SignalKind::interrupt()).map_err(sys("catch SIGINT"))?,
+        })
+    }
+}
+
 /// Waits for SIGTERM or SIGINT, reloading the certificates on SIGHUP.
-async fn signals(tls: Option<(Rc<RefCell<TlsState>>, bool)>) -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).map_err(sys("catch SIGHUP"))?;
-    let mut term = signal(SignalKind::terminate()).map_err(sys("catch SIGTERM"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(sys("catch SIGINT"))?;
+async fn signals(s: &mut Signals, tls: Option<(Rc<RefCell<TlsState>>, bool)>) {
     loop {
         tokio::select! {
-            _ = hup.recv() => {
+            _ = s.hup.recv() => {
                 if let Some((state, listener)) = &tls {
                     match state.borrow_mut().reload(*listener) {
                         Ok(()) => log::info(format_args!("certificates reloaded")),
@@ -289,8 +304,8 @@ async fn signals(tls: Option<(Rc<RefCell<TlsState>>, bool)>) -> Result<(), Error
                     }
                 }
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = s.term.recv() => return,
+            _ = s.int.recv() => return,
         }
     }
 }
@@ -371,16 +386,10 @@ fn run() -> Result<u8, Error> {
     }
     setup::drop_privileges(ids).map_err(|e| Error::Sys(e, std::io::Error::from_raw_os_error(1)))?;
 
-    // Ready now for a listener; a dialer is ready once its link is.
+    // Ready once the signals are caught for a listener; a dialer is ready
+    // once its link is.
     let ready_now = listener_side && !o.ucspi;
-    let mut ready = None;
-    if let Some(fd) = notify {
-        if ready_now {
-            chainmail_sys::fd::write_all(&fd, b"\n").map_err(sys("write to the readiness descriptor"))?;
-        } else {
-            ready = Some(fd);
-        }
-    }
+    let (ready, notify_now) = if ready_now { (None, notify) } else { (notify, None) };
     let shared = Rc::new(Shared {
         role,
         socket: socket.clone(),
@@ -396,6 +405,10 @@ fn run() -> Result<u8, Error> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(sys("start the runtime"))?;
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async {
+        let mut caught = Signals::catch()?;
+        if let Some(fd) = notify_now {
+            chainmail_sys::fd::write_all(&fd, b"\n").map_err(sys("write to the readiness descriptor"))?;
+        }
         if let Some(l) = unix_listener {
             tokio::task::spawn_local(accept_local(Rc::clone(&shared), l));
             tokio::task::spawn_local(expire_held(Rc::clone(&shared)));
@@ -404,7 +417,7 @@ fn run() -> Result<u8, Error> {
             let wire = Wire::pair(r, w).map_err(sys("use the UCSPI descriptors"))?;
             let end = tokio::select! {
                 end = link::run(Rc::clone(&shared), wire, Crypto::Plain, true, "UCSPI peer") => end,
-                r = signals(None) => { r?; return Ok(EXIT_OK) }
+                () = signals(&mut caught, None) => return Ok(EXIT_OK),
             };
             log::info(format_args!("link closed: {}", end.reason));
             return Ok(EXIT_OK);
@@ -422,7 +435,7 @@ fn run() -> Result<u8, Error> {
         if let Some(host) = &o.remote {
             tokio::task::spawn_local(dial(Rc::clone(&shared), Rc::clone(&tls_state), host.clone(), o.port));
         }
-        signals(tls.map(|t| (t, listener_side))).await?;
+        signals(&mut caught, tls.map(|t| (t, listener_side))).await;
         Ok(EXIT_OK)
     });
     if role == Role::SocketServer {
