@@ -269,11 +269,13 @@ fn a_slow_reader_stalls_only_its_own_channel() {
                 }
             }
         });
-        std::thread::sleep(Duration::from_millis(500));
+        // Time for the slow channel's buffers to fill (there is no signal
+        // for "nothing moves any more").
+        std::thread::sleep(Duration::from_millis(1500));
         // The fast one is served meanwhile (new peers), or not (the
         // original's head-of-line blocking).
         let mut fast = connect(&front_sock);
-        fast.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        fast.set_read_timeout(Some(if original { Duration::from_secs(3) } else { secs(15) })).expect("timeout");
         fast.write_all(b"quick\n").expect("write");
         let mut got = [0u8; 6];
         let served = fast.read_exact(&mut got).is_ok();
@@ -783,7 +785,9 @@ fn a_dialer_redials_within_a_second_after_bad_input() {
     assert!(rest.is_empty(), "nothing answered to a bad IDENT: {rest:?}");
     l.set_nonblocking(false).expect("blocking");
     let (_second, _) = l.accept().expect("the dialer comes back");
-    assert!(closed.elapsed() < chainmail_tests::limit(Duration::from_millis(1500)), "{:?}", closed.elapsed());
+    // The first retry comes within 1 s (the backoff's unit test); 3 s leaves
+    // room for a loaded machine.
+    assert!(closed.elapsed() < secs(3), "{:?}", closed.elapsed());
     rd.wait_log("bad IDENT");
 }
 
