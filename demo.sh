@@ -12,7 +12,7 @@
 # qmqp-sink (skipped when qmqp-sink is missing: tests/run unpacks it), two
 # remusockd carry a Unix socket over a loopback TCP link (skipped without
 # socat), and everything is stopped. Run as root on a fresh
-# Debian machine, missing packages (ucspi-tcp, swaks, openssl) are
+# Debian machine, missing packages (ucspi-tcp, swaks, openssl, socat) are
 # installed first.
 set -eu
 
@@ -34,6 +34,7 @@ ensure() {
 }
 ensure 'command -v tcpserver' ucspi-tcp
 ensure 'command -v openssl' openssl
+ensure 'command -v socat' socat
 # swaks needs the two perl modules for --tls (they are only "recommended").
 ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks libnet-ssleay-perl libio-socket-ssl-perl
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
