@@ -1020,3 +1020,37 @@ fn tls_carries_bulk_data_and_many_channels_both_ways() {
     }
     bulk.join().expect("bulk");
 }
+
+#[test]
+fn sighup_reloads_the_dialers_client_certificate() {
+    let dir = TestDir::new("remusockd_sighup_dialer");
+    let certs = dir.certs();
+    let _svc = echo_service(&dir, &dir.join("svc.sock"));
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    std::fs::copy(&certs.rogue_client().cert, &cert).expect("copy");
+    std::fs::copy(&certs.rogue_client().key, &key).expect("copy");
+    let port = free_port().to_string();
+    let fs = dir.join("front.sock").display().to_string();
+    let ss = dir.join("svc.sock").display().to_string();
+    let (ca, mx) = (certs.ca().display().to_string(), certs.mx());
+    let front = Rd::start(
+        &dir,
+        "front",
+        &["-C", &ca, "-b", "127.0.0.1", &fs, &port, &mx.cert.display().to_string(), &mx.key.display().to_string()],
+    );
+    let back = Rd::start_env(
+        &dir,
+        "back",
+        &["-C", &ca, "-c", "-r", "127.0.0.1", &ss, &port, &cert.display().to_string(), &key.display().to_string()],
+        &[],
+        false,
+    );
+    front.wait_log("closed");
+    assert!(!front.log().contains(" up"), "the rogue client certificate is refused");
+    std::fs::copy(&certs.client().cert, &cert).expect("copy");
+    std::fs::copy(&certs.client().key, &key).expect("copy");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(back.pid()), nix::sys::signal::Signal::SIGHUP).expect("HUP");
+    back.wait_log("certificates reloaded");
+    wait_for("the link with the new client certificate", secs(40), || front.log().contains(" up"));
+    assert_eq!(echo_round(&dir.join("front.sock"), b"c\n"), b"c\n");
+}
