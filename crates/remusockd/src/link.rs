@@ -477,12 +477,14 @@ pub async fn run(shared: Rc<Shared>, wire: Wire, mut crypto: Crypto, listener: b
                 let fd = wire.rx.as_fd();
                 let wfd = wire.tx.as_fd();
                 let mut outcome = Ok((false, false));
+                // Plaintext read straight into `rbuf`, or decrypted into `plain`.
+                let mut direct = 0;
                 let _ = wire.rx.try_io(|| {
                     outcome = match &mut crypto {
                         Crypto::Plain => match chainmail_sys::fd::read(&fd, &mut rbuf) {
                             Ok(0) => Ok((false, true)),
                             Ok(n) => {
-                                plain.extend_from_slice(&rbuf[..n]);
+                                direct = n;
                                 Ok((false, false))
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((true, false)),
@@ -504,13 +506,12 @@ pub async fn run(shared: Rc<Shared>, wire: Wire, mut crypto: Crypto, listener: b
                     Ok((_, ended)) => ended,
                     Err(reason) => break reason,
                 };
-                if !plain.is_empty() {
-                    let input = std::mem::take(&mut plain);
-                    if let Err(e) = tunnel.receive(Instant::now(), &input) {
+                if direct > 0 || !plain.is_empty() {
+                    let input: &[u8] = if direct > 0 { &rbuf[..direct] } else { &plain };
+                    if let Err(e) = tunnel.receive(Instant::now(), input) {
                         // The answer already queued (a PONG) is of no use.
                         break e.to_string();
                     }
-                    plain = input;
                     plain.clear();
                     if !established && tunnel.is_established() {
                         established = true;
