@@ -7,12 +7,14 @@
 # (the transcript and the negotiated TLS version and cipher are shown),
 # then chainmail's own qmail-remote delivers one with verified TLS
 # (tlsstrictness 2), the way qmail-rspawn would run it, and its report is
-# shown. The stored messages are shown. Last, qmail-qmqpc hands a message
+# shown. The stored messages are shown. Then qmail-qmqpc hands a message
 # to qrelay, whose Lua handler adds a header and relays it to postfix's
 # qmqp-sink (skipped when qmqp-sink is missing: tests/run unpacks it); then
 # curl fetches a page through two chained rsockd (SOCKS5 with per-route
-# credentials) from a python3 http.server, and everything is stopped. Run as root on a fresh
-# Debian machine, missing packages (ucspi-tcp, swaks, openssl) are
+# credentials) from a python3 http.server, two remusockd carry a Unix socket
+# over a loopback TCP link (skipped without socat), and everything is
+# stopped. Run as root on a fresh Debian machine, missing packages
+# (ucspi-tcp, swaks, openssl, socat) are
 # installed first.
 set -eu
 
@@ -34,6 +36,7 @@ ensure() {
 }
 ensure 'command -v tcpserver' ucspi-tcp
 ensure 'command -v openssl' openssl
+ensure 'command -v socat' socat
 # swaks needs the two perl modules for --tls (they are only "recommended").
 ensure 'command -v swaks && perl -MIO::Socket::SSL -MNet::SSLeay -e 1' swaks libnet-ssleay-perl libio-socket-ssl-perl
 command -v cargo >/dev/null 2>&1 || { echo "demo: fatal: cargo is needed (https://rustup.rs)" >&2; exit 111; }
@@ -49,7 +52,7 @@ done
 bin=${CARGO_TARGET_DIR:-$top/target}/release
 qbin=${CARGO_TARGET_DIR:-$top/target}/release-small
 
-cargo build --release --locked -q -p qrelay -p qmail-qmqpc -p rsockd
+cargo build --release --locked -q -p qrelay -p qmail-qmqpc -p rsockd -p remusockd
 
 work=$(mktemp -d /tmp/chainmail-demo.XXXXXX)
 server_pid=
@@ -58,10 +61,11 @@ qrelay_pid=
 http_pid=
 socks_a_pid=
 socks_b_pid=
+remusock_pids=
 cleanup() {
     local pid
     # A killed process's status (143) is not the demo's: ignore it.
-    for pid in $server_pid $qrelay_pid $sink_pid $http_pid $socks_a_pid $socks_b_pid; do
+    for pid in $server_pid $qrelay_pid $sink_pid $http_pid $socks_a_pid $socks_b_pid $remusock_pids; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
     done
     rm -rf "$work"
@@ -198,5 +202,29 @@ if command -v curl >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
     grep -q 'user=route.*dest=localhost:' "$work/b.log"
 else
     echo "demo: curl or python3 is missing: SOCKS part skipped"
+fi
+# remusockd: a Unix socket carried over one TCP link on loopback. An echo
+# service (socat ... EXEC:cat) listens on svc.sock; one remusockd connects
+# to it for each channel and listens on TCP, the other dials and offers
+# front.sock. A client that half-closes still gets its answer.
+if command -v socat >/dev/null 2>&1; then
+    echo
+    socat UNIX-LISTEN:"$work/svc.sock",fork EXEC:cat 2>/dev/null &
+    remusock_pids="$!"
+    rs_port=$((20000 + $$ % 20000))
+    mkfifo "$work/rs-ready1" "$work/rs-ready2"
+    "$bin/remusockd" -f -N 3 -c -b 127.0.0.1 "$work/svc.sock" "$rs_port" 3>"$work/rs-ready1" 2>"$work/remusock-back.log" &
+    remusock_pids="$remusock_pids $!"
+    read -r _ <"$work/rs-ready1"
+    "$bin/remusockd" -f -N 3 -r 127.0.0.1 "$work/front.sock" "$rs_port" 3>"$work/rs-ready2" 2>"$work/remusock-front.log" &
+    remusock_pids="$remusock_pids $!"
+    read -r _ <"$work/rs-ready2"
+    echo "demo: remusockd -c -b 127.0.0.1 svc.sock $rs_port, and remusockd -r 127.0.0.1 front.sock $rs_port (pids $remusock_pids)"
+    answer=$(echo 'hello through the tunnel' | timeout 10 socat -t 5 - UNIX-CONNECT:"$work/front.sock")
+    echo "demo: echo 'hello through the tunnel' | socat - UNIX-CONNECT:front.sock  ->  $answer"
+    [ "$answer" = 'hello through the tunnel' ]
+    sed 's/^/    /' "$work/remusock-front.log"
+else
+    echo "demo: socat is missing: remusockd part skipped"
 fi
 echo "demo: ok"

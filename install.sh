@@ -25,9 +25,9 @@ force=0
 build=1
 qmail_mode=
 qmail_home=/var/qmail
-BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay rsockd qmail-remote qmail-remote-io qmail-qmqpc"
+BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay remusockd rsockd qmail-remote qmail-remote-io qmail-qmqpc"
 # The qmail side is built with the release-small profile (see Cargo.toml).
-SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay rsockd"
+SERVER_BINARIES="ucspi-tlsd smtpd-starttls-proxy-io qrelay remusockd rsockd"
 QMAIL_BINARIES="qmail-remote qmail-remote-io qmail-qmqpc"
 
 usage() {

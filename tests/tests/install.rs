@@ -11,8 +11,16 @@ use std::time::Duration;
 use chainmail_tests::run::run;
 use chainmail_tests::tmp::TestDir;
 
-const BINARIES: [&str; 7] =
-    ["ucspi-tlsd", "smtpd-starttls-proxy-io", "qrelay", "rsockd", "qmail-remote", "qmail-remote-io", "qmail-qmqpc"];
+const BINARIES: [&str; 8] = [
+    "ucspi-tlsd",
+    "smtpd-starttls-proxy-io",
+    "qrelay",
+    "remusockd",
+    "rsockd",
+    "qmail-remote",
+    "qmail-remote-io",
+    "qmail-qmqpc",
+];
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../install.sh")
