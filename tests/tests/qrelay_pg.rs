@@ -408,3 +408,38 @@ end)
     pg.wait_for("SELECT string_agg(payload, ',') FROM mail.seen", "after");
     assert!(chainmail_tests::procs::stat(q.pid()).is_some(), "qrelay is gone");
 }
+
+#[test]
+fn the_instruction_limit_counts_across_queries() {
+    let dir = TestDir::new("qrelay_pg_limit");
+    let pg = Postgres::new(&dir);
+    // About 40 000 instructions per round: 2 rounds fit in the limit, 50
+    // do not, though each stretch between two queries would.
+    let config = format!(
+        r#"
+handler_instruction_limit = 200000
+db = pg:new('{conninfo}')
+qmqp_listen('{sock}', function(m)
+  local to = m.recipients[1]
+  if to == 'co@example.org' then coroutine.wrap(function() while true do end end)() end
+  local rounds = to == 'many@example.org' and 50 or 2
+  for i = 1, rounds do
+    local x = 0
+    for j = 1, 10000 do x = x + j end
+    assert(db:execute('SELECT $1::int', {{i}}))
+  end
+  return m:discard()
+end)
+"#,
+        conninfo = pg.conninfo(),
+        sock = sock(&dir),
+    );
+    let q = Qrelay::start(&dir, &config);
+    assert_eq!(send_to(&dir, "two@example.org").code(), Some(0), "{}", q.stderr());
+    assert_eq!(send_to(&dir, "many@example.org").code(), Some(71), "{}", q.stderr());
+    q.wait_log("instruction limit exceeded");
+    // A coroutine the handler makes has the same limit.
+    assert_eq!(send_to(&dir, "co@example.org").code(), Some(71), "{}", q.stderr());
+    q.wait_log_count("instruction limit exceeded", 2);
+    assert_eq!(send_to(&dir, "two@example.org").code(), Some(0), "{}", q.stderr());
+}

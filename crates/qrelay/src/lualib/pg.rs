@@ -18,12 +18,13 @@
 //!   `CALLBACK(CHANNEL, PAYLOAD)` with a handler's limits.
 //!
 //! Queries go as simple queries, so that results come back in the text
-//! form; a query with parameters is sent as `PREPARE` with the SQL as
-//! given, then `EXECUTE` with the parameters as quoted literals of unknown
+//! form; a query with parameters is prepared (`PREPARE` with the SQL as
+//! given, once per connection and SQL text: [`MAX_CACHED_STATEMENTS`]) and
+//! run with `EXECUTE` with the parameters as quoted literals of unknown
 //! type, which the server converts as it does text parameters.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -54,6 +55,9 @@ const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
 /// Notifications waiting for their callbacks; more are dropped (with a
 /// warning).
 const MAX_PENDING_NOTIFICATIONS: usize = 1024;
+/// The most prepared statements kept per connection; past that, a new SQL
+/// text is prepared, run and deallocated each time.
+const MAX_CACHED_STATEMENTS: usize = 256;
 /// Where libpq (as Debian builds it) looks for the server without a host.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
@@ -174,7 +178,6 @@ fn new_database(lua: &Lua, args: Variadic<Value>) -> mlua::Result<Db> {
         state: RefCell::new(State::Connecting),
         changed: Notify::new(),
         channels: RefCell::default(),
-        next_statement: Cell::new(0),
     });
     dbs.all.borrow_mut().push(Rc::clone(&db));
     Ok(Db(db))
@@ -185,7 +188,7 @@ enum State {
     /// The first connection is being made.
     Connecting,
     /// Connected.
-    Up(Rc<Client>),
+    Up(Rc<Connection>),
     /// Not connected (being remade in the background): why.
     Down(String),
 }
@@ -200,7 +203,35 @@ struct Database {
     changed: Notify,
     /// The `listen` channels and their callbacks.
     channels: RefCell<Vec<(String, Function)>>,
+}
+
+/// A connection and what was prepared on it.
+struct Connection {
+    client: Client,
+    /// SQL text -> the name of its prepared statement.
+    statements: RefCell<HashMap<String, Rc<str>>>,
     next_statement: Cell<u64>,
+}
+
+impl Connection {
+    fn new_name(&self) -> Rc<str> {
+        let n = self.next_statement.get();
+        self.next_statement.set(n + 1);
+        format!("qrelay_{n}").into()
+    }
+
+    /// Forgets `name` (after an error) and deallocates it in the
+    /// background: the queries already sent with it come first.
+    fn forget(self: &Rc<Self>, sql: &str, name: Rc<str>) {
+        let mut statements = self.statements.borrow_mut();
+        if statements.get(sql) == Some(&name) {
+            statements.remove(sql);
+        }
+        let c = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, c.client.batch_execute(&format!("DEALLOCATE {name}"))).await;
+        });
+    }
 }
 
 impl std::fmt::Debug for Database {
@@ -217,7 +248,7 @@ impl Database {
 
     /// The client, waiting until `deadline` while the first connection is
     /// being made.
-    async fn client(&self, deadline: tokio::time::Instant) -> Result<Rc<Client>, String> {
+    async fn connection(&self, deadline: tokio::time::Instant) -> Result<Rc<Connection>, String> {
         loop {
             let changed = self.changed.notified();
             match &*self.state.borrow() {
@@ -292,7 +323,6 @@ async fn maintain(db: Rc<Database>, notifications: mpsc::Sender<(String, String)
             Err(_) => "connect timeout".to_owned(),
             Ok(Err(e)) => error_text(&e),
             Ok(Ok((client, mut connection))) => {
-                let client = Rc::new(client);
                 let driver = async {
                     loop {
                         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -324,7 +354,11 @@ async fn maintain(db: Rc<Database>, notifications: mpsc::Sender<(String, String)
                     Err(why) => why,
                     Ok(()) => {
                         chainmail_sys::diag::info(format_args!("pg: connected to {}", db.describe()));
-                        db.set_state(State::Up(Rc::clone(&client)));
+                        db.set_state(State::Up(Rc::new(Connection {
+                            client,
+                            statements: RefCell::default(),
+                            next_statement: Cell::new(0),
+                        })));
                         backoff = BACKOFF_FIRST;
                         last_error.clear();
                         let why = driver.await;
@@ -462,25 +496,36 @@ async fn execute(lua: &Lua, db: &Database, sql: &[u8], params: Option<Table>) ->
             values.push(param_text(lua, &t.raw_get::<Value>(i).map_err(|e| e.to_string())?)?);
         }
     }
-    let client = db.client(deadline).await?;
+    let conn = db.connection(deadline).await?;
     let query = async {
         if values.is_empty() {
-            return simple_query(&client, sql, Pick::Last).await;
+            return simple_query(&conn.client, sql, Pick::Last).await;
         }
-        let n = db.next_statement.get();
-        db.next_statement.set(n + 1);
-        let name = format!("qrelay_{n}");
         let literals: Vec<String> =
             values.iter().map(|v| v.as_deref().map_or("NULL".to_owned(), quote_literal)).collect();
-        // The newlines end a trailing `--` comment of the SQL.
-        let text = format!("PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}", literals.join(","));
-        let r = simple_query(&client, &text, Pick::Nth(1)).await;
+        let execute = |name: &str| format!("EXECUTE {name}({})", literals.join(","));
+        // Prepared already (perhaps by a query still in flight: the server
+        // gets them in order); or prepared now, and kept while there is
+        // room. The newline ends a trailing `--` comment of the SQL.
+        let cached = conn.statements.borrow().get(sql).cloned();
+        let (name, text, pick) = match cached {
+            Some(name) => (Rc::clone(&name), execute(&name), Pick::Last),
+            None => {
+                let name = conn.new_name();
+                let prepare = format!("PREPARE {name} AS {sql}\n;{}", execute(&name));
+                if conn.statements.borrow().len() < MAX_CACHED_STATEMENTS {
+                    conn.statements.borrow_mut().insert(sql.to_owned(), Rc::clone(&name));
+                    (name, prepare, Pick::Nth(1))
+                } else {
+                    (Rc::clone(&name), format!("{prepare};DEALLOCATE {name}"), Pick::Nth(1))
+                }
+            }
+        };
+        let r = simple_query(&conn.client, &text, pick).await;
         if r.is_err() {
-            // EXECUTE failed after PREPARE: the statement is still there.
-            let c = Rc::clone(&client);
-            tokio::task::spawn_local(async move {
-                let _ = tokio::time::timeout(CONNECT_TIMEOUT, c.batch_execute(&format!("DEALLOCATE {name}"))).await;
-            });
+            // The statement may be broken (or was never made): made anew
+            // next time.
+            conn.forget(sql, name);
         }
         r
     };
@@ -528,11 +573,11 @@ impl UserData for Db {
             this.0.channels.borrow_mut().push((channel.clone(), callback));
             // Connected already (a listen after startup): LISTEN now; a
             // reconnection does it for all channels.
-            if let (true, State::Up(client)) = (new, &*this.0.state.borrow()) {
-                let client = Rc::clone(client);
+            if let (true, State::Up(conn)) = (new, &*this.0.state.borrow()) {
+                let conn = Rc::clone(conn);
                 tokio::task::spawn_local(async move {
                     let sql = format!("LISTEN {}", quote_identifier(&channel));
-                    if let Err(e) = client.batch_execute(&sql).await {
+                    if let Err(e) = conn.client.batch_execute(&sql).await {
                         chainmail_sys::diag::warn(format_args!("pg: LISTEN {channel}: {}", error_text(&e)));
                     }
                 });
