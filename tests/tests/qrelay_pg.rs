@@ -236,6 +236,9 @@ fn lookup_decides_with_parameters_arrays_and_affected_rows() {
         r#"
 db = pg:new('{conninfo}', 'mail')
 up = qmqp_resolve('{up}')
+-- The configuration runs before the daemon: no query (nil, error; no crash).
+local none, why = db:execute('SELECT 1')
+assert(none == nil and why:find('before the daemon'), why)
 qmqp_listen('{sock}', function(m)
   local to = m.recipients[1]
   if to == 'bad@example.org' then

@@ -557,7 +557,13 @@ impl UserData for Db {
             |lua, this: UserDataRef<Db>, (sql, params): (mlua::LuaString, Option<Table>)| {
                 let db = Rc::clone(&this.0);
                 let sql = sql.as_bytes().to_vec();
+                // The configuration runs before the daemon (and its
+                // runtime): no query there.
+                let running = lua.app_data_ref::<Databases>().is_some_and(|d| d.started.get());
                 async move {
+                    if !running {
+                        return Ok((Value::Nil, Some("pg: no queries before the daemon runs".to_owned())));
+                    }
                     Ok(match execute(&lua, &db, &sql, params).await {
                         Ok(v) => (v, None),
                         Err(e) => (Value::Nil, Some(e)),
