@@ -265,6 +265,17 @@ qmqp_listen('{sock}', function(m)
   local q = assert(db:execute("SELECT 'it''s', $1::text", {{"it's \\ 'quoted'; --"}}))
   local a, b = q:fetch()
   m:insert_header('X-Quoted', a .. ' ' .. b)
+  local rows = assert(db:execute('SELECT i, NULLIF(i % 3, 0) FROM generate_series(1, 1000) i'))
+  local seen, nulls, last = 0, 0, nil
+  while true do
+    local i, rest = rows:fetch()
+    if i == nil then break end
+    seen, last = seen + 1, i
+    if rest == nil then nulls = nulls + 1 end
+  end
+  m:insert_header('X-Rows', seen .. ' ' .. nulls .. ' ' .. last .. ' ' .. rows:numrows())
+  local big, why = db:execute("SELECT repeat('x', 1000000) FROM generate_series(1, 20)")
+  m:insert_header('X-Big', tostring(big) .. ' ' .. why)
   return m:connect(up)
 end)
 "#,
@@ -284,6 +295,8 @@ end)
     assert_eq!(header(&got, "X-Back"), r"back\slash 3");
     assert_eq!(header(&got, "X-Updated"), "integer 2");
     assert_eq!(header(&got, "X-Quoted"), r"it's it's \ 'quoted'; --");
+    assert_eq!(header(&got, "X-Rows"), "1000 333 1000 1000");
+    assert_eq!(header(&got, "X-Big"), "nil result larger than 16777216 bytes");
     assert_eq!(
         pg.psql("SELECT string_agg(address || '=' || seen, ',' ORDER BY address) FROM mail.users"),
         "b@example.org=1,c@example.org=1"

@@ -24,14 +24,14 @@
 //! type, which the server converts as it does text parameters.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
-use mlua::{Function, Lua, MultiValue, Table, UserData, UserDataRef, Value, Variadic};
+use mlua::{AnyUserData, Function, Lua, MultiValue, Table, UserData, UserDataRef, Value, Variadic};
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, SimpleColumn, SimpleQueryMessage};
 
@@ -55,6 +55,8 @@ const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
 /// Notifications waiting for their callbacks; more are dropped (with a
 /// warning).
 const MAX_PENDING_NOTIFICATIONS: usize = 1024;
+/// The most `listen` callbacks per database.
+const MAX_LISTENS: usize = 256;
 /// The most prepared statements kept per connection; past that, a new SQL
 /// text is prepared, run and deallocated each time.
 const MAX_CACHED_STATEMENTS: usize = 256;
@@ -535,15 +537,27 @@ async fn execute(lua: &Lua, db: &Database, sql: &[u8], params: Option<Table>) ->
     };
     Ok(match outcome {
         Outcome::Count(n) => Value::Integer(n as i64),
-        Outcome::Rows(columns, rows) => {
-            let names: Rc<[String]> = columns.iter().map(|c| c.name().to_owned()).collect();
-            let total = rows.len();
-            Value::UserData(
-                lua.create_userdata(Cursor { columns: names, rows: rows.into(), total, closed: false })
-                    .map_err(|e| e.to_string())?,
-            )
-        }
+        Outcome::Rows(columns, rows) => Value::UserData(cursor(lua, &columns, rows).map_err(|e| lua_error_text(&e))?),
     })
+}
+
+/// A cursor over `rows`: they move into the Lua state (a table of row
+/// tables, the userdata's user value), where its memory limit counts them.
+fn cursor(lua: &Lua, columns: &[SimpleColumn], rows: Vec<Vec<Option<String>>>) -> mlua::Result<AnyUserData> {
+    let t = lua.create_table_with_capacity(rows.len(), 0)?;
+    for (i, row) in rows.into_iter().enumerate() {
+        let r = lua.create_table_with_capacity(row.len(), 0)?;
+        for (j, v) in row.into_iter().enumerate() {
+            if let Some(v) = v {
+                r.raw_set(j + 1, lua.create_string(v)?)?;
+            }
+        }
+        t.raw_set(i + 1, r)?;
+    }
+    let columns: Vec<String> = columns.iter().map(|c| c.name().to_owned()).collect();
+    let ud = lua.create_userdata(Cursor { columns, next: 1, total: t.raw_len(), closed: false })?;
+    ud.set_user_value(t)?;
+    Ok(ud)
 }
 
 /// A `pg:new` object.
@@ -575,6 +589,9 @@ impl UserData for Db {
             if channel.is_empty() || channel.contains('\0') {
                 return Err(rt("listen: bad channel name"));
             }
+            if this.0.channels.borrow().len() >= MAX_LISTENS {
+                return Err(rt(format!("listen: more than {MAX_LISTENS} callbacks")));
+            }
             let new = !this.0.channels.borrow().iter().any(|(c, _)| *c == channel);
             this.0.channels.borrow_mut().push((channel.clone(), callback));
             // Connected already (a listen after startup): LISTEN now; a
@@ -597,42 +614,37 @@ impl UserData for Db {
 /// A result with rows: LuaSQL's cursor.
 #[derive(Debug)]
 struct Cursor {
-    columns: Rc<[String]>,
-    rows: VecDeque<Vec<Option<String>>>,
+    columns: Vec<String>,
+    /// The index of the next row in the user value.
+    next: usize,
     total: usize,
     closed: bool,
 }
 
-fn text_value(lua: &Lua, v: &Option<String>) -> mlua::Result<Value> {
-    Ok(match v {
-        Some(s) => Value::String(lua.create_string(s)?),
-        None => Value::Nil,
-    })
-}
-
 impl UserData for Cursor {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method_mut("fetch", |lua, this, (table, mode): (Option<Table>, Option<String>)| {
+        methods.add_function("fetch", |_, (ud, table, mode): (AnyUserData, Option<Table>, Option<String>)| {
+            let mut this = ud.borrow_mut::<Cursor>()?;
             if this.closed {
                 return Err(rt("fetch: the result is closed"));
             }
-            let Some(row) = this.rows.pop_front() else {
+            if this.next > this.total {
                 // LuaSQL: the end closes the cursor.
                 this.closed = true;
+                ud.set_user_value(Value::Nil)?;
                 return Ok(MultiValue::from_vec(vec![Value::Nil]));
-            };
-            let Some(t) = table else {
-                let values = row.iter().map(|v| text_value(lua, v)).collect::<mlua::Result<Vec<_>>>()?;
-                return Ok(MultiValue::from_vec(values));
-            };
+            }
+            let row: Table = ud.user_value::<Table>()?.raw_get(this.next)?;
+            this.next += 1;
+            let values = (1..=this.columns.len()).map(|j| row.raw_get::<Value>(j)).collect::<mlua::Result<Vec<_>>>()?;
+            let Some(t) = table else { return Ok(MultiValue::from_vec(values)) };
             let mode = mode.unwrap_or_else(|| "n".to_owned());
-            for (i, v) in row.iter().enumerate() {
-                let value = text_value(lua, v)?;
+            for (j, value) in values.into_iter().enumerate() {
                 if mode.contains('n') {
-                    t.raw_set(i + 1, value.clone())?;
+                    t.raw_set(j + 1, value.clone())?;
                 }
                 if mode.contains('a') {
-                    t.raw_set(this.columns[i].as_str(), value)?;
+                    t.raw_set(this.columns[j].as_str(), value)?;
                 }
             }
             Ok(MultiValue::from_vec(vec![Value::Table(t)]))
@@ -641,10 +653,11 @@ impl UserData for Cursor {
         methods.add_method("getcolnames", |lua, this, ()| {
             lua.create_sequence_from(this.columns.iter().map(String::as_str))
         });
-        methods.add_method_mut("close", |_, this, ()| {
+        methods.add_function("close", |_, ud: AnyUserData| {
+            let mut this = ud.borrow_mut::<Cursor>()?;
             let was_open = !this.closed;
             this.closed = true;
-            this.rows.clear();
+            ud.set_user_value(Value::Nil)?;
             Ok(was_open)
         });
     }
