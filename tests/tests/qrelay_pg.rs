@@ -276,6 +276,8 @@ qmqp_listen('{sock}', function(m)
   m:insert_header('X-Rows', seen .. ' ' .. nulls .. ' ' .. last .. ' ' .. rows:numrows())
   local big, why = db:execute("SELECT repeat('x', 1000000) FROM generate_series(1, 20)")
   m:insert_header('X-Big', tostring(big) .. ' ' .. why)
+  local two, err2 = db:execute('SELECT $1::int; SELECT 2', {{1}})
+  m:insert_header('X-Two', tostring(two) .. ' ' .. err2)
   return m:connect(up)
 end)
 "#,
@@ -297,6 +299,7 @@ end)
     assert_eq!(header(&got, "X-Quoted"), r"it's it's \ 'quoted'; --");
     assert_eq!(header(&got, "X-Rows"), "1000 333 1000 1000");
     assert_eq!(header(&got, "X-Big"), "nil result larger than 16777216 bytes");
+    assert_eq!(header(&got, "X-Two"), "nil with parameters, the SQL must be one statement");
     assert_eq!(
         pg.psql("SELECT string_agg(address || '=' || seen, ',' ORDER BY address) FROM mail.users"),
         "b@example.org=1,c@example.org=1"

@@ -407,8 +407,10 @@ enum Outcome {
 enum Pick {
     /// The last (LuaSQL: the last statement of several).
     Last,
-    /// The `n`th from 0 (the EXECUTE after the PREPARE).
-    Nth(usize),
+    /// The `n`th from 0 (the EXECUTE after the PREPARE) of exactly
+    /// `of` statements (more: the SQL given with parameters held several,
+    /// which libpq refuses too).
+    Nth { n: usize, of: usize },
 }
 
 /// Runs `sql` as one simple query; the outcome `pick` says.
@@ -422,7 +424,7 @@ async fn simple_query(client: &Client, sql: &str, pick: Pick) -> Result<Outcome,
     let mut bytes = 0usize;
     let wanted = |done: usize| match pick {
         Pick::Last => true,
-        Pick::Nth(n) => done == n,
+        Pick::Nth { n, .. } => done == n,
     };
     while let Some(message) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
         match message.map_err(|e| error_text(&e))? {
@@ -456,6 +458,11 @@ async fn simple_query(client: &Client, sql: &str, pick: Pick) -> Result<Outcome,
                 done += 1;
             }
             _ => {}
+        }
+    }
+    if let Pick::Nth { of, .. } = pick {
+        if done != of {
+            return Err("with parameters, the SQL must be one statement".to_owned());
         }
     }
     chosen.ok_or_else(|| "no result".to_owned())
@@ -511,15 +518,15 @@ async fn execute(lua: &Lua, db: &Database, sql: &[u8], params: Option<Table>) ->
         // room. The newline ends a trailing `--` comment of the SQL.
         let cached = conn.statements.borrow().get(sql).cloned();
         let (name, text, pick) = match cached {
-            Some(name) => (Rc::clone(&name), execute(&name), Pick::Last),
+            Some(name) => (Rc::clone(&name), execute(&name), Pick::Nth { n: 0, of: 1 }),
             None => {
                 let name = conn.new_name();
                 let prepare = format!("PREPARE {name} AS {sql}\n;{}", execute(&name));
                 if conn.statements.borrow().len() < MAX_CACHED_STATEMENTS {
                     conn.statements.borrow_mut().insert(sql.to_owned(), Rc::clone(&name));
-                    (name, prepare, Pick::Nth(1))
+                    (name, prepare, Pick::Nth { n: 1, of: 2 })
                 } else {
-                    (Rc::clone(&name), format!("{prepare};DEALLOCATE {name}"), Pick::Nth(1))
+                    (Rc::clone(&name), format!("{prepare};DEALLOCATE {name}"), Pick::Nth { n: 1, of: 3 })
                 }
             }
         };
