@@ -749,6 +749,32 @@ mod tests {
     }
 
     #[test]
+    fn the_seeds_examples_load() {
+        // Verbatim from the original's documentation (config-time part).
+        let lua = Lua::new();
+        Pg.install(&lua).expect("install");
+        let seed = r#"
+db = pg:new('dbname=foo', 'schemaname')
+db:listen('bar', function() print("Received a PostgreSQL NOTIFY") end)
+function handler(m)
+  local result = assert(db:execute('SELECT id, name FROM bar'))
+  local row = result:fetch({}, "a")
+  print(row.id, row.name)
+  local result = assert(
+    db:execute('SELECT name FROM bar WHERE id=$1', {42}))
+end
+"#;
+        lua.load(seed).exec().expect("the seed's example loads");
+        let dbs = lua.app_data_ref::<Databases>().expect("databases");
+        assert_eq!(dbs.all.borrow().len(), 1);
+        let db = &dbs.all.borrow()[0];
+        assert_eq!(db.schema.as_deref(), Some("schemaname"));
+        assert_eq!(db.config.get_dbname(), Some("foo"));
+        assert_eq!(db.channels.borrow().len(), 1);
+        assert_eq!(db.timeout, DEFAULT_QUERY_TIMEOUT);
+    }
+
+    #[test]
     fn new_checks_its_arguments() {
         let lua = Lua::new();
         Pg.install(&lua).expect("install");
