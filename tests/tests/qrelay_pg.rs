@@ -462,3 +462,37 @@ end)
     q.wait_log_count("instruction limit exceeded", 2);
     assert_eq!(send_to(&dir, "two@example.org").code(), Some(0), "{}", q.stderr());
 }
+
+#[test]
+fn sixteen_clients_share_one_connection() {
+    let dir = TestDir::new("qrelay_pg_load");
+    let pg = postgres_with_tables(&dir);
+    let sink = QmqpSink::unix(&dir, "sink.sock");
+    // Every handler looks up and counts: the first queries of the same SQL
+    // arrive together (the statement is prepared by the first, the others
+    // are pipelined behind it).
+    let config = format!(
+        r#"
+db = pg:new('{conninfo}', 'mail')
+sink = qmqp_resolve('{sink}')
+qmqp_listen('{sock}', function(m)
+  local r = assert(db:execute('SELECT action FROM users WHERE address = $1', {{m.recipients[1]}}))
+  local row = r:fetch({{}}, 'a')
+  if not row or row.action ~= 'relay' then return m:reject() end
+  assert(db:execute('UPDATE users SET seen = seen + 1 WHERE address = $1', {{m.recipients[1]}}) == 1)
+  return m:connect(sink)
+end)
+"#,
+        conninfo = pg.conninfo(),
+        sink = sink.path.as_ref().expect("unix sink").display(),
+        sock = sock(&dir),
+    );
+    let q = Qrelay::start(&dir, &config);
+    let mut cmd = Command::new(chainmail_tests::find_program("qmqp-source"));
+    cmd.args(["-m", "400", "-s", "16", "-f", "a@example.org", "-t", "b@example.org"])
+        .arg(format!("unix:{}", sock(&dir)));
+    let out = run(&mut cmd, b"", secs(120));
+    assert!(out.success(), "{}\n{}", out.describe(), q.stderr());
+    sink.wait_count(400, secs(30));
+    assert_eq!(pg.psql("SELECT seen FROM mail.users WHERE address = 'b@example.org'"), "400");
+}
