@@ -63,6 +63,9 @@ const MAX_CACHED_STATEMENTS: usize = 256;
 /// Where libpq (as Debian builds it) looks for the server without a host.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
 
+/// The `pg` table in the registry (whatever the global `pg` becomes).
+const PG_TABLE: &str = "qrelay.pg";
+
 fn rt(msg: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(msg)
 }
@@ -105,6 +108,7 @@ impl Module for Pg {
                 })
             })?,
         )?;
+        lua.set_named_registry_value(PG_TABLE, &pg)?;
         lua.globals().set("pg", pg)
     }
 
@@ -123,7 +127,7 @@ impl Module for Pg {
 /// that `pg:f(x)` and `pg.f(x)` both work).
 fn without_self(lua: &Lua, args: Variadic<Value>) -> Vec<Value> {
     let mut args: Vec<Value> = args.into_iter().collect();
-    let pg: Option<Table> = lua.globals().get("pg").ok();
+    let pg: Option<Table> = lua.named_registry_value(PG_TABLE).ok();
     if let (Some(Value::Table(first)), Some(pg)) = (args.first(), pg) {
         if *first == pg {
             args.remove(0);
