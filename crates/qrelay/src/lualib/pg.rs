@@ -175,8 +175,15 @@ fn new_database(lua: &Lua, args: Variadic<Value>) -> mlua::Result<Db> {
         let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten();
         config.user(user.map_or_else(|| "postgres".to_owned(), |u| u.name));
     }
-    config.connect_timeout(CONNECT_TIMEOUT);
-    config.application_name("qrelay");
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(rt("pg:new: sslmode=require: TLS to the database is not supported"));
+    }
+    if config.get_connect_timeout().is_none_or(|t| *t > CONNECT_TIMEOUT) {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("qrelay");
+    }
     let db = Rc::new(Database {
         config,
         schema,
@@ -784,9 +791,13 @@ end
         Pg.install(&lua).expect("install");
         assert!(lua.load("return pg:new('host=/tmp dbname=x user=u', 's')").exec().is_ok());
         assert!(lua.load("return pg:new('host=/tmp dbname=x', 's', {timeout=0.5})").exec().is_ok());
-        for bad in
-            ["pg:new('bad=option')", "pg:new(42)", "pg:new('host=/tmp', {})", "pg:new('host=/tmp', 's', {timeout=-1})"]
-        {
+        for bad in [
+            "pg:new('host=/tmp sslmode=require')",
+            "pg:new('bad=option')",
+            "pg:new(42)",
+            "pg:new('host=/tmp', {})",
+            "pg:new('host=/tmp', 's', {timeout=-1})",
+        ] {
             assert!(lua.load(bad).exec().is_err(), "{bad}");
         }
     }
