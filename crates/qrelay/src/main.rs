@@ -195,6 +195,7 @@ fn daemon(o: &Options, script: Script) -> Result<u8, Error> {
             opened.extend(sockets.into_iter().map(|s| (s, Rc::clone(&l))));
         }
         let shared = Rc::new(Shared { script, cgroup_mount: cgroup_mount() });
+        shared.script.start();
         let flight = Rc::new(InFlight::default());
         let stop = Rc::new(Notify::new());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -218,7 +219,7 @@ fn daemon(o: &Options, script: Script) -> Result<u8, Error> {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    if let Err(e) = shared.script.reload() {
+                    if let Err(e) = shared.script.reload().await {
                         chainmail_sys::diag::warn(format_args!("reload() failed: {e}"));
                     }
                 }
@@ -280,6 +281,7 @@ fn ucspi(o: &Options, script: Script) -> Result<u8, Error> {
     let shared = Shared { script, cgroup_mount: cgroup_mount() };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
+        shared.script.start();
         chainmail_sys::fd::set_nonblocking(&fd0, true).map_err(|e| Error::Sys("use fd 0".into(), e))?;
         chainmail_sys::fd::set_nonblocking(&fd1, true).map_err(|e| Error::Sys("use fd 1".into(), e))?;
         let r = pipe_or_socket_reader(fd0).map_err(|e| Error::Sys("use fd 0".into(), e))?;

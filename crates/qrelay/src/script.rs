@@ -2,6 +2,11 @@
 //! object the handler inspects, the action objects it returns, and the
 //! limits on a handler call (instructions, memory).
 //!
+//! A handler call is a coroutine (mlua's async calls): a library function
+//! that waits (a database query) yields it, and the other sessions go on
+//! meanwhile. Its instruction budget is its own and survives the yields:
+//! [`call_limited`] swaps it in for each resumption.
+//!
 //! The Lua state is built from [`MODULES`]: each module installs its
 //! globals. The core ones are here; the libraries the seed documents
 //! beyond the core (`socket`, `control_client`, `sodium`, `json`, `jwt`,
@@ -16,7 +21,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use chainmail_qmqp::{AddressCheck, ServerSpec, check_address};
-use mlua::{Function, HookTriggers, Lua, MetaMethod, RegistryKey, Table, UserData, Value, VmState};
+use mlua::{
+    FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, MetaMethod, RegistryKey, Table, UserData, Value, VmState,
+};
 
 use crate::cgroup;
 
@@ -219,6 +226,10 @@ pub trait Module {
     fn configured(&self, _lua: &Lua) -> mlua::Result<()> {
         Ok(())
     }
+
+    /// Starts what the module does in the background (after the
+    /// configuration ran, inside the runtime's `LocalSet`).
+    fn start(&self, _lua: &Lua) {}
 }
 
 /// The core module: `systemd`, `max_size`, `qmqp_resolve`.
@@ -242,6 +253,7 @@ pub const MODULES: &[&dyn Module] = &[
     &crate::lualib::socket::SocketLibrary,
     &crate::lualib::control::ControlLibrary,
     &crate::lualib::pond::PondLibrary,
+    &crate::lualib::pg::Pg,
 ];
 
 /// The functions that exist only while the configuration runs.
@@ -251,10 +263,40 @@ const CONFIG_TIME: &[&str] = &["qmqp_listen", "qmqp_resolve"];
 #[derive(Debug)]
 pub struct Script {
     lua: Lua,
-    budget: Rc<Cell<i64>>,
-    instruction_limit: i64,
     /// The configuration.
     pub config: Config,
+}
+
+/// The instruction budget (app data of the state): what the running
+/// handler call has left, and what each call gets.
+#[derive(Debug)]
+struct Budget {
+    left: Rc<Cell<i64>>,
+    per_call: i64,
+}
+
+/// Calls `f` as a coroutine with the limits of a handler call: its own
+/// instruction budget, counted across its yields (each resumption swaps
+/// it in and out of the hook's counter); after an error, collects the
+/// garbage the call left. Without a budget in `lua` (no configuration
+/// loaded), unlimited.
+pub async fn call_limited<R: FromLuaMulti>(lua: &Lua, f: &Function, args: impl IntoLuaMulti) -> mlua::Result<R> {
+    let (counter, mut left) = match lua.app_data_ref::<Budget>() {
+        Some(b) => (Rc::clone(&b.left), b.per_call),
+        None => (Rc::new(Cell::new(i64::MAX)), i64::MAX),
+    };
+    let mut call = std::pin::pin!(f.call_async::<R>(args));
+    let r = std::future::poll_fn(|cx| {
+        let outer = counter.replace(left);
+        let r = call.as_mut().poll(cx);
+        left = counter.replace(outer);
+        r
+    })
+    .await;
+    if r.is_err() {
+        let _ = lua.gc_collect();
+    }
+    r
 }
 
 /// A configuration error: the Lua error (with file:line) or a bad value.
@@ -329,28 +371,26 @@ impl Script {
             lua.globals().set(*name, Value::Nil).map_err(err)?;
         }
         lua.set_memory_limit(memory_limit as usize).map_err(err)?;
-        let budget = Rc::new(Cell::new(0i64));
-        let b = Rc::clone(&budget);
-        lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
-            let left = b.get() - i64::from(HOOK_EVERY);
-            b.set(left);
+        // Lua runs only inside a handler call (which swaps its own budget
+        // in), so the counter outside one is never exhausted.
+        let left = Rc::new(Cell::new(i64::MAX));
+        let counter = Rc::clone(&left);
+        // A global hook: the coroutines a handler creates inherit it.
+        lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
+            let left = counter.get().saturating_sub(i64::from(HOOK_EVERY));
+            counter.set(left);
             if left < 0 { Err(rt("instruction limit exceeded")) } else { Ok(VmState::Continue) }
         })
         .map_err(err)?;
-        Ok(Script { lua, budget, instruction_limit, config: Config { listeners, address_check } })
+        lua.set_app_data(Budget { left, per_call: instruction_limit });
+        Ok(Script { lua, config: Config { listeners, address_check } })
     }
 
-    /// Calls `f` with the instruction budget of one handler call; after an
-    /// error, collects the garbage the call left.
-    fn limited<R>(&self, f: impl FnOnce(&Lua) -> mlua::Result<R>) -> mlua::Result<R> {
-        self.budget.set(self.instruction_limit);
-        let r = f(&self.lua);
-        // The budget is not needed outside a handler: nothing else runs Lua.
-        self.budget.set(i64::MAX);
-        if r.is_err() {
-            let _ = self.lua.gc_collect();
+    /// Starts the modules' background work; inside the runtime's `LocalSet`.
+    pub fn start(&self) {
+        for m in MODULES {
+            m.start(&self.lua);
         }
-        r
     }
 
     /// The Lua state (for the libraries' state kept in it).
@@ -358,16 +398,17 @@ impl Script {
         &self.lua
     }
 
-    /// Runs `handler` on `mail`: the action, or the Lua error's text.
-    pub fn decide(&self, handler: &RegistryKey, mail: Mail) -> (Result<Action, String>, Mail) {
+    /// Runs `handler` on `mail` (a coroutine: other sessions go on while it
+    /// waits): the action, or the Lua error's text.
+    pub async fn decide(&self, handler: &RegistryKey, mail: Mail) -> (Result<Action, String>, Mail) {
         let ud = match self.lua.create_userdata(mail.clone()) {
             Ok(ud) => ud,
             Err(e) => return (Err(lua_error_text(&e)), mail),
         };
-        let result = self.limited(|lua| {
-            let f: Function = lua.registry_value(handler)?;
-            f.call::<Value>(ud.clone())
-        });
+        let result = match self.lua.registry_value::<Function>(handler) {
+            Ok(f) => call_limited::<Value>(&self.lua, &f, ud.clone()).await,
+            Err(e) => Err(e),
+        };
         let mail = ud.take::<Mail>().unwrap_or(mail);
         let action = match result {
             Ok(Value::UserData(a)) if a.is::<Action>() => {
@@ -379,11 +420,12 @@ impl Script {
         (action, mail)
     }
 
-    /// SIGHUP: calls `reload()` if the script defines one.
-    pub fn reload(&self) -> Result<(), String> {
+    /// SIGHUP: calls `reload()` if the script defines one (with a
+    /// handler's limits, as a coroutine).
+    pub async fn reload(&self) -> Result<(), String> {
         let f: Option<Function> = self.lua.globals().get("reload").map_err(|e| lua_error_text(&e))?;
         let Some(f) = f else { return Ok(()) };
-        self.limited(|_| f.call::<()>(())).map_err(|e| lua_error_text(&e))
+        call_limited::<()>(&self.lua, &f, ()).await.map_err(|e| lua_error_text(&e))
     }
 }
 

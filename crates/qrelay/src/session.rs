@@ -155,7 +155,7 @@ async fn act(shared: &Shared, listener: &Listener, request: &Request, peer: &Pee
         address_check: listener.limits.address_check,
         cgroup_mount: shared.cgroup_mount.clone(),
     };
-    let (action, mail) = shared.script.decide(&listener.handler, mail);
+    let (action, mail) = shared.script.decide(&listener.handler, mail).await;
     let action = match action {
         Ok(a) => a,
         Err(e) => return (Reply::temporary("script failed"), mail, Some(format!("script: {e}"))),

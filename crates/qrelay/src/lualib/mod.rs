@@ -1,6 +1,6 @@
 //! The Lua libraries the seed documents beyond the mail object, each a
 //! [`crate::script::Module`] listed in `script::MODULES`: `sodium`, `json`
-//! and `jwt` (pure computation), and the `socket` library, the beng-proxy
+//! and `jwt` (pure computation), the PostgreSQL client `pg`, and the `socket` library, the beng-proxy
 //! `control_client` and the Pond log (`log_server`, `log_resolve`).
 //!
 //! What the network libraries share is here: turning an address string into
@@ -15,6 +15,8 @@
 pub mod control;
 pub mod json;
 pub mod jwt;
+pub mod pg;
+mod pg_array;
 pub mod pond;
 pub mod socket;
 pub mod sodium;
