@@ -155,8 +155,13 @@ impl Postgres {
 
     /// Runs `sql` with psql: its output (unaligned, tuples only).
     fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs `sql` with psql in the database `db`.
+    fn psql_in(&self, db: &str, sql: &str) -> String {
         let mut cmd = Command::new(self.bin.join("psql"));
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-h"])
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", db, "-h"])
             .arg(&self.sock)
             .arg("-c")
             .arg(sql)
@@ -495,4 +500,56 @@ end)
     assert!(out.success(), "{}\n{}", out.describe(), q.stderr());
     sink.wait_count(400, secs(30));
     assert_eq!(pg.psql("SELECT seen FROM mail.users WHERE address = 'b@example.org'"), "400");
+}
+
+/// The seed's `pg` snippets, verbatim (`pg:new('dbname=foo', 'schemaname')`
+/// and the rest): the server is found as libpq finds it, through `PGHOST`,
+/// `PGPORT` and `PGUSER` in qrelay's environment.
+#[test]
+fn seed_examples_verbatim_with_the_libpq_environment() {
+    let dir = TestDir::new("qrelay_pg_seed");
+    let pg = Postgres::new(&dir);
+    pg.psql("CREATE DATABASE foo");
+    pg.psql_in(
+        "foo",
+        "CREATE SCHEMA schemaname;
+         CREATE TABLE schemaname.bar (id int PRIMARY KEY, name text);
+         INSERT INTO schemaname.bar VALUES (42, 'forty-two');",
+    );
+    let up = ScriptedServer::unix(&dir.join("up.sock"), vec![Script::Reply(b"3:Kok,".to_vec())]);
+    let config = format!(
+        r#"
+db = pg:new('dbname=foo', 'schemaname')
+db:listen('bar', function() print("Received a PostgreSQL NOTIFY") end)
+up = qmqp_resolve('{up}')
+qmqp_listen('{sock}', function(m)
+  local result = assert(db:execute('SELECT id, name FROM bar')) local row = result:fetch({{}}, "a") print(row.id, row.name)
+  m:insert_header('X-Row', row.id .. ' ' .. row.name)
+  local result = assert( db:execute('SELECT name FROM bar WHERE id=$1', {{42}}))
+  m:insert_header('X-Name', result:fetch())
+  return m:connect(up)
+end)
+"#,
+        up = up.entry,
+        sock = sock(&dir),
+    );
+    let env: Vec<std::ffi::OsString> = vec![
+        format!("PGHOST={}", pg.sock.display()).into(),
+        "PGPORT=5432".into(),
+        "PGUSER=postgres".into(),
+    ];
+    let q = Qrelay::start_with(&dir, &config, |program, args| {
+        let mut cmd = Command::new("/usr/bin/env");
+        cmd.args(&env).arg(program).args(args);
+        cmd
+    });
+    // The LISTEN is issued once the connection is up; a NOTIFY meanwhile
+    // must not disturb anything.
+    pg.psql_in("foo", "NOTIFY bar");
+    let out = send_to(&dir, "b@example.org");
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.describe(), q.stderr());
+    let got = up.request();
+    assert_eq!(header(&got, "X-Row"), "42 forty-two", "values come back as strings, by column name");
+    assert_eq!(header(&got, "X-Name"), "forty-two");
+    assert!(q.stderr().contains("pg: connected"), "{}", q.stderr());
 }

@@ -167,6 +167,8 @@ fn new_database(lua: &Lua, args: Variadic<Value>) -> mlua::Result<Db> {
         Some(_) => return Err(rt("pg:new: the options must be a table")),
     }
     let mut config = Config::from_str(&conninfo).map_err(|e| rt(format!("pg:new: bad connection string: {e}")))?;
+    libpq_environment(&mut config, |name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .map_err(|e| rt(format!("pg:new: {e}")))?;
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
         config.host_path(DEFAULT_SOCKET_DIR);
     }
@@ -194,6 +196,46 @@ fn new_database(lua: &Lua, args: Variadic<Value>) -> mlua::Result<Db> {
     });
     dbs.all.borrow_mut().push(Rc::clone(&db));
     Ok(Db(db))
+}
+
+/// What libpq takes from the environment for what CONNINFO leaves out, so
+/// that a script written for the original (`pg:new('dbname=foo', ...)`)
+/// reaches the same server: `PGHOST` (a directory for a Unix socket, or
+/// host names, comma-separated), `PGPORT`, `PGUSER`, `PGDATABASE`,
+/// `PGPASSWORD`.
+fn libpq_environment(config: &mut Config, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        if let Some(hosts) = var("PGHOST") {
+            for host in hosts.split(',') {
+                if host.starts_with('/') {
+                    config.host_path(host);
+                } else {
+                    config.host(host);
+                }
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = var("PGPORT") {
+            config.port(port.parse().map_err(|_| format!("PGPORT is not a port number: {port:?}"))?);
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = var("PGUSER") {
+            config.user(user);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(db) = var("PGDATABASE") {
+            config.dbname(db);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(pw) = var("PGPASSWORD") {
+            config.password(pw);
+        }
+    }
+    Ok(())
 }
 
 /// Where a database's connection is.
@@ -734,6 +776,43 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_literal("it's a \\ test"), "E'it''s a \\\\ test'");
         assert_eq!(quote_identifier("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn the_environment_fills_in_what_conninfo_leaves_out() {
+        let env = |name: &str| {
+            let v = match name {
+                "PGHOST" => "/run/pg,db.example",
+                "PGPORT" => "5433",
+                "PGUSER" => "relay",
+                "PGDATABASE" => "mail",
+                "PGPASSWORD" => "secret",
+                _ => return None,
+            };
+            Some(v.to_owned())
+        };
+        let mut c = Config::from_str("dbname=foo").expect("conninfo");
+        libpq_environment(&mut c, env).expect("environment");
+        assert_eq!(
+            c.get_hosts(),
+            [tokio_postgres::config::Host::Unix("/run/pg".into()), tokio_postgres::config::Host::Tcp("db.example".into())]
+        );
+        assert_eq!(c.get_ports(), [5433]);
+        assert_eq!(c.get_user(), Some("relay"));
+        assert_eq!(c.get_dbname(), Some("foo"), "CONNINFO wins over PGDATABASE");
+        assert_eq!(c.get_password(), Some(&b"secret"[..]));
+        // What CONNINFO gives is kept.
+        let mut c = Config::from_str("host=/tmp port=1 user=u password=p").expect("conninfo");
+        libpq_environment(&mut c, env).expect("environment");
+        assert_eq!(c.get_hosts(), [tokio_postgres::config::Host::Unix("/tmp".into())]);
+        assert_eq!((c.get_ports(), c.get_user(), c.get_dbname()), (&[1][..], Some("u"), Some("mail")));
+        assert_eq!(c.get_password(), Some(&b"p"[..]));
+        // Nothing set: nothing changes; a bad port is an error.
+        let mut c = Config::from_str("dbname=foo").expect("conninfo");
+        libpq_environment(&mut c, |_| None).expect("environment");
+        assert!(c.get_hosts().is_empty() && c.get_ports().is_empty() && c.get_user().is_none());
+        let bad = |name: &str| (name == "PGPORT").then(|| "x".to_owned());
+        assert!(libpq_environment(&mut c, bad).is_err_and(|e| e.contains("PGPORT")));
     }
 
     #[test]
