@@ -533,11 +533,8 @@ end)
         up = up.entry,
         sock = sock(&dir),
     );
-    let env: Vec<std::ffi::OsString> = vec![
-        format!("PGHOST={}", pg.sock.display()).into(),
-        "PGPORT=5432".into(),
-        "PGUSER=postgres".into(),
-    ];
+    let env: Vec<std::ffi::OsString> =
+        vec![format!("PGHOST={}", pg.sock.display()).into(), "PGPORT=5432".into(), "PGUSER=postgres".into()];
     let q = Qrelay::start_with(&dir, &config, |program, args| {
         let mut cmd = Command::new("/usr/bin/env");
         cmd.args(&env).arg(program).args(args);

@@ -795,7 +795,10 @@ mod tests {
         libpq_environment(&mut c, env).expect("environment");
         assert_eq!(
             c.get_hosts(),
-            [tokio_postgres::config::Host::Unix("/run/pg".into()), tokio_postgres::config::Host::Tcp("db.example".into())]
+            [
+                tokio_postgres::config::Host::Unix("/run/pg".into()),
+                tokio_postgres::config::Host::Tcp("db.example".into())
+            ]
         );
         assert_eq!(c.get_ports(), [5433]);
         assert_eq!(c.get_user(), Some("relay"));
