@@ -10,7 +10,8 @@
 #      request, read the target's 6 bytes, close), for $SECONDS_PER_RUN s:
 #      direct (client -> proxy -> target) and through one upstream hop
 #      (client -> proxy -> upstream proxy -> target; rsockd chains to
-#      rsockd, danted to danted); target: rsockd >= 1.0x danted;
+#      rsockd (tcpserver to tcpserver, listener to listener), danted to
+#      danted); target: rsockd >= 1.0x danted;
 #   2. bulk throughput of one $BULK_MIB MiB transfer through one hop, for
 #      rsockd, danted and a chain of two plain socat relays (the same
 #      topology without SOCKS); target: >= 1.0x danted, >= 0.8x socat;
@@ -19,8 +20,10 @@
 #   3. time to first byte through one hop (connect, SOCKS5, the target's
 #      first byte), p50 and p99 over $TTFB_N sequential connections.
 #
-# rsockd runs under tcpserver (-c 200), release profile linked statically as
-# install.sh does; danted with its default process pools; socat with fork.
+# rsockd runs in both of its modes, side by side: under tcpserver (-c 200; a
+# process per connection) and as its own listener (-L, -n 200; a thread per
+# connection), release profile linked statically as install.sh does; danted
+# with its default process pools; socat with fork.
 # Environment: ROUNDS (3), CLIENTS (16), SECONDS_PER_RUN (5), BULK_MIB (512),
 # TTFB_N (500), PROFILE (release; dev to try the script quickly), KEEP (1:
 # keep the work directory). Needs tcpserver, danted, socat, python3.
@@ -185,6 +188,23 @@ echo "sockd @=socks5://127.0.0.1:$rs_b ALL" >"$work/a-socks.conf"
 start_tcpserver "$work/a.port" "$bin/rsockd" -f "$work/sockd.conf" -F "$work/a-socks.conf"
 rs_a=$port
 
+# rsockd's listener mode: BL direct, AL through BL. start_listener PORTFILE
+# ARGS...: sets $port once rsockd said it listens (-N 3, a newline on fd 3).
+start_listener() {
+    local pf=$1 p; shift
+    p=$(free_port)
+    mkfifo "$pf"
+    "$bin/rsockd" -L "127.0.0.1:$p" -n 200 -N 3 "$@" 3>"$pf" 2>>"$work/rsockd-listen.log" &
+    pids+=($!)
+    read -r _ <"$pf"
+    port=$p
+}
+start_listener "$work/bl.ready" -f "$work/sockd.conf" -F "$work/none.conf"
+rl_b=$port
+echo "sockd @=socks5://127.0.0.1:$rl_b ALL" >"$work/al-socks.conf"
+start_listener "$work/al.ready" -f "$work/sockd.conf" -F "$work/al-socks.conf"
+rl_a=$port
+
 # The floor of the per-connection model: tcpserver running /bin/echo
 # (its 6 bytes, like the target's), no SOCKS at all.
 start_tcpserver "$work/floor.port" /bin/echo hello
@@ -247,13 +267,17 @@ for r in $(seq "$ROUNDS"); do
     read -r v _ <<<"$(client rate 0 "$floor" "$CLIENTS" "$SECONDS_PER_RUN")"
     res[rate_floor]+="$v "
     rate rate_rs_direct "$rs_b"
+    rate rate_rl_direct "$rl_b"
     rate rate_da_direct "$da_b"
     rate rate_rs_hop "$rs_a"
+    rate rate_rl_hop "$rl_a"
     rate rate_da_hop "$da_a"
     res[bulk_rs]+="$(client bulk "$rs_a" "$bulkp") "
+    res[bulk_rl]+="$(client bulk "$rl_a" "$bulkp") "
     res[bulk_da]+="$(client bulk "$da_a" "$bulkp") "
     res[bulk_so]+="$(client bulk 0 "$so_a") "
     ttfb rs "$rs_a"
+    ttfb rl "$rl_a"
     ttfb da "$da_a"
 done
 m() { tr ' ' '\n' <<<"${res[$1]}" | grep . | median; }
@@ -261,17 +285,20 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "rsockd-bench: $(date -u +%Y-%m-%d) $commit profile $PROFILE, $(nproc) CPUs, rounds $ROUNDS, medians"
 echo
-echo "| figure | rsockd | danted | socat | rsockd / danted | rsockd / socat |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| connections/s, $CLIENTS clients, direct | $(m rate_rs_direct) | $(m rate_da_direct) | | $(ratio "$(m rate_rs_direct)" "$(m rate_da_direct)")× | |"
-echo "| connections/s, $CLIENTS clients, one hop | $(m rate_rs_hop) | $(m rate_da_hop) | | $(ratio "$(m rate_rs_hop)" "$(m rate_da_hop)")× | |"
-echo "| bulk MiB/s, one hop ($BULK_MIB MiB) | $(m bulk_rs) | $(m bulk_da) | $(m bulk_so) | $(ratio "$(m bulk_rs)" "$(m bulk_da)")× | $(ratio "$(m bulk_rs)" "$(m bulk_so)")× |"
-echo "| connections/s, $CLIENTS clients, tcpserver + /bin/echo (no SOCKS: the floor of a process per connection) | $(m rate_floor) | | | | |"
-echo "| time to first byte p50, one hop (µs) | $(m ttfb50_rs) | $(m ttfb50_da) | | | |"
-echo "| time to first byte p99, one hop (µs) | $(m ttfb99_rs) | $(m ttfb99_da) | | | |"
+echo "| figure | rsockd (tcpserver) | rsockd -L | danted | socat | rsockd / danted | rsockd -L / danted | rsockd -L / socat |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| connections/s, $CLIENTS clients, direct | $(m rate_rs_direct) | $(m rate_rl_direct) | $(m rate_da_direct) | | $(ratio "$(m rate_rs_direct)" "$(m rate_da_direct)")× | $(ratio "$(m rate_rl_direct)" "$(m rate_da_direct)")× | |"
+echo "| connections/s, $CLIENTS clients, one hop | $(m rate_rs_hop) | $(m rate_rl_hop) | $(m rate_da_hop) | | $(ratio "$(m rate_rs_hop)" "$(m rate_da_hop)")× | $(ratio "$(m rate_rl_hop)" "$(m rate_da_hop)")× | |"
+echo "| bulk MiB/s, one hop ($BULK_MIB MiB) | $(m bulk_rs) | $(m bulk_rl) | $(m bulk_da) | $(m bulk_so) | $(ratio "$(m bulk_rs)" "$(m bulk_da)")× | $(ratio "$(m bulk_rl)" "$(m bulk_da)")× | $(ratio "$(m bulk_rl)" "$(m bulk_so)")× |"
+echo "| connections/s, $CLIENTS clients, tcpserver + /bin/echo (no SOCKS: the floor of a process per connection) | $(m rate_floor) | | | | | | |"
+echo "| time to first byte p50, one hop (µs) | $(m ttfb50_rs) | $(m ttfb50_rl) | $(m ttfb50_da) | | | | |"
+echo "| time to first byte p99, one hop (µs) | $(m ttfb99_rs) | $(m ttfb99_rl) | $(m ttfb99_da) | | | | |"
 echo
 echo "raw: $(for k in "${!res[@]}"; do printf '%s=[%s] ' "$k" "${res[$k]% }"; done)"
 echo "failed connections (not counted above): $(for k in "${!fails[@]}"; do printf '%s=%s ' "$k" "${fails[$k]}"; done)"
 errors=$(grep -c 'outcome=' "$work/rsockd.log" || true)
 bad=$(grep 'outcome=' "$work/rsockd.log" | grep -vc 'outcome=ok' || true)
 echo "rsockd log lines: $errors, not ok: $bad"
+errors=$(grep -c 'outcome=' "$work/rsockd-listen.log" || true)
+bad=$(grep 'outcome=' "$work/rsockd-listen.log" | grep -vc 'outcome=ok' || true)
+echo "rsockd -L log lines: $errors, not ok: $bad"
