@@ -17,10 +17,12 @@
 //!
 //! The accept loop and the signals run on a current-thread tokio runtime;
 //! the sessions are the blocking code of the UCSPI mode, each on a thread
-//! with a bounded stack. Nothing in a session sets process-wide state.
+//! with a bounded stack, from a pool (threads are kept 10 s after a
+//! session for the next one). Nothing in a session sets process-wide state.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use chainmail_sys::cli::EXIT_OK;
 use chainmail_sys::diag;
@@ -35,6 +37,9 @@ use crate::{Error, ListenOptions, Options};
 /// heap (1 KiB handshake buffers at most on the stack); the rest is for
 /// the system resolver.
 const SESSION_STACK: usize = 512 * 1024;
+
+/// How long an idle session thread waits for the next connection.
+const IDLE_LIFETIME: Duration = Duration::from_secs(10);
 
 /// How long accepting pauses after an error (out of descriptors, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -57,6 +62,7 @@ pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
             notify(fd).map_err(|e| Error::Sys(format!("notify readiness on fd {fd}"), e))?;
         }
         let slots = Arc::new(Semaphore::new(l.max));
+        let pool = Arc::new(Pool::default());
         let mut slot: Option<OwnedSemaphorePermit> = None;
         loop {
             tokio::select! {
@@ -69,7 +75,7 @@ pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
                 r = listener.accept(), if slot.is_some() => match r {
                     Ok((socket, _)) => {
                         let config = Arc::clone(&lock(&current));
-                        start(Arc::clone(&opts), config, socket, slot.take());
+                        start(&pool, Arc::clone(&opts), config, socket, slot.take());
                     }
                     Err(e) => {
                         diag::warn(format_args!("unable to accept: {e}"));
@@ -82,21 +88,26 @@ pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
     })
 }
 
-/// The configuration, even if a thread panicked holding the lock (it
-/// cannot: the workspace aborts on panic).
+/// The lock, even if a thread panicked holding it (it cannot: the
+/// workspace aborts on panic).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Serves `socket` on a thread of its own, which holds `slot` until the
+/// Serves `socket` on a thread of the pool, which holds `slot` until the
 /// session ends.
-fn start(opts: Arc<Options>, config: Arc<Config>, socket: tokio::net::TcpStream, slot: Option<OwnedSemaphorePermit>) {
+fn start(
+    pool: &Arc<Pool>,
+    opts: Arc<Options>,
+    config: Arc<Config>,
+    socket: tokio::net::TcpStream,
+    slot: Option<OwnedSemaphorePermit>,
+) {
     let socket = match socket.into_std() {
         Ok(s) => s,
         Err(e) => return diag::warn(format_args!("unable to take an accepted socket: {e}")),
     };
-    let thread = std::thread::Builder::new().name("session".into()).stack_size(SESSION_STACK);
-    let r = thread.spawn(move || {
+    pool.run(Box::new(move || {
         let _slot = slot;
         // The session's own log line says what happened, errors included;
         // an error before it (no peer address) is only warned about.
@@ -106,9 +117,77 @@ fn start(opts: Arc<Options>, config: Arc<Config>, socket: tokio::net::TcpStream,
             }
             Err(e) => diag::warn(format_args!("{e}")),
         }
-    });
-    if let Err(e) = r {
-        diag::warn(format_args!("unable to start a session's thread: {e}"));
+    }));
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads for the sessions: one is started when none is idle, and one
+/// that finished a session waits `IDLE_LIFETIME` for the next before it
+/// ends (starting a thread costs about as much as a short session). At
+/// most `-n` sessions run at once, so there are at most about `-n`
+/// threads.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Threads waiting for a job; always at least `queue.len()`.
+    idle: usize,
+    queue: VecDeque<Job>,
+}
+
+impl Pool {
+    fn run(self: &Arc<Self>, job: Job) {
+        let mut st = lock(&self.state);
+        if st.idle > st.queue.len() {
+            st.queue.push_back(job);
+            drop(st);
+            self.wake.notify_one();
+            return;
+        }
+        drop(st);
+        let pool = Arc::clone(self);
+        let thread = std::thread::Builder::new().name("session".into()).stack_size(SESSION_STACK);
+        let r = thread.spawn(move || {
+            let mut job = job;
+            loop {
+                job();
+                match pool.next() {
+                    Some(j) => job = j,
+                    None => return,
+                }
+            }
+        });
+        // (The job, its socket and its slot are dropped with the closure.)
+        if let Err(e) = r {
+            diag::warn(format_args!("unable to start a session's thread: {e}"));
+        }
+    }
+
+    /// The next job, or `None` when none came for `IDLE_LIFETIME`.
+    fn next(&self) -> Option<Job> {
+        let mut st = lock(&self.state);
+        st.idle += 1;
+        let deadline = Instant::now() + IDLE_LIFETIME;
+        loop {
+            if let Some(j) = st.queue.pop_front() {
+                st.idle -= 1;
+                return Some(j);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.idle -= 1;
+                return None;
+            }
+            st = match self.wake.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
     }
 }
 
