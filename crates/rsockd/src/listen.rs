@@ -44,7 +44,13 @@ const IDLE_LIFETIME: Duration = Duration::from_secs(10);
 /// How long accepting pauses after an error (out of descriptors, say).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// Descriptors a session holds at most (the client twice, the server
+/// twice, two pipes), and those of the process itself.
+const FDS_PER_SESSION: u64 = 8;
+const FDS_OWN: u64 = 32;
+
 pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
+    raise_fd_limit(l.max as u64 * FDS_PER_SESSION + FDS_OWN);
     let config = Config::load(&opts).map_err(|e| Error::Session(SessionError::Config(e)))?;
     let current = Mutex::new(Arc::new(config));
     let opts = Arc::new(opts);
@@ -188,6 +194,23 @@ impl Pool {
                 Err(e) => e.into_inner().0,
             };
         }
+    }
+}
+
+/// Raises the soft limit on open files toward `want` (up to the hard
+/// limit); warns when that is not enough for `-n` sessions.
+fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= want {
+        return;
+    }
+    let new = want.min(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, new, hard).is_err() || new < want {
+        diag::warn(format_args!(
+            "open files limited to {}, -n wants {want}: sessions beyond the limit fail",
+            if new < want { new } else { soft }
+        ));
     }
 }
 
