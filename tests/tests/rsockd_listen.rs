@@ -390,3 +390,54 @@ fn listener_options() {
         assert_eq!(o.code(), Some(*code), "{args:?}: {}", o.describe());
     }
 }
+
+#[test]
+fn bind_and_udp_associate_on_the_listener() {
+    let dir = TestDir::new("rsockd_listen_bind_udp");
+    let l = Listener::start(&dir, "l", "127.0.0.1", "permit 127.0.0.0/8\n", None, &[]);
+    // SOCKS5 BIND, direct: two replies, then the relay.
+    let mut c = connect(l.port);
+    c.write_all(&[5, 1, 0]).expect("write");
+    assert_eq!(read_exact(&mut c, 2), [5, 0]);
+    c.write_all(&[5, 2, 0, 1, 127, 0, 0, 1, 0, 0]).expect("write");
+    let first = read_exact(&mut c, 10);
+    assert_eq!(&first[..4], [5, 0, 0, 1]);
+    let mut peer = TcpStream::connect(("127.0.0.1", u16::from_be_bytes([first[8], first[9]]))).expect("connect");
+    let second = read_exact(&mut c, 10);
+    assert_eq!(u16::from_be_bytes([second[8], second[9]]), peer.local_addr().expect("addr").port());
+    peer.write_all(b"ping").expect("write");
+    assert_eq!(read_exact(&mut c, 4), b"ping");
+    drop(peer);
+    drop(c);
+
+    // UDP ASSOCIATE: the relay listens on the listener's own address.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let echo_port = echo.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut ctl = connect(l.port);
+    ctl.write_all(&[5, 1, 0]).expect("write");
+    assert_eq!(read_exact(&mut ctl, 2), [5, 0]);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    client.set_read_timeout(Some(secs(10))).expect("timeout");
+    let cport = client.local_addr().expect("addr").port().to_be_bytes();
+    ctl.write_all(&[5, 3, 0, 1, 127, 0, 0, 1, cport[0], cport[1]]).expect("write");
+    let r = read_exact(&mut ctl, 10);
+    assert_eq!(&r[..8], [5, 0, 0, 1, 127, 0, 0, 1], "{r:?}");
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes([r[8], r[9]])));
+    let mut d = vec![0, 0, 0, 1, 127, 0, 0, 1];
+    d.extend_from_slice(&echo_port.to_be_bytes());
+    d.extend_from_slice(b"datagram");
+    client.send_to(&d, relay).expect("send");
+    let mut buf = [0u8; 2048];
+    let (n, _) = client.recv_from(&mut buf).expect("the echo through the relay");
+    assert_eq!(&buf[..n], &d[..], "header with the echo's address, then the payload");
+    drop(ctl);
+    let lines = l.log_lines(2);
+    assert!(lines.iter().any(|l| l.contains("cmd=bind") && l.contains("outcome=ok ")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("cmd=udp") && l.contains("ok:udp:0-datagrams-dropped")), "{lines:#?}");
+}
