@@ -52,7 +52,7 @@ const FDS_OWN: u64 = 32;
 pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
     raise_fd_limit(l.max as u64 * FDS_PER_SESSION + FDS_OWN);
     let config = Config::load(&opts).map_err(|e| Error::Session(SessionError::Config(e)))?;
-    let current = Mutex::new(Arc::new(config));
+    let mut current = Arc::new(config);
     let opts = Arc::new(opts);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -74,14 +74,13 @@ pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = hup.recv() => match Config::load(&opts) {
-                    Ok(c) => *lock(&current) = Arc::new(c),
+                    Ok(c) => current = Arc::new(c),
                     Err(e) => diag::warn(format_args!("unable to reload, keeping the previous configuration: {e}")),
                 },
                 p = Arc::clone(&slots).acquire_owned(), if slot.is_none() => slot = p.ok(),
                 r = listener.accept(), if slot.is_some() => match r {
                     Ok((socket, _)) => {
-                        let config = Arc::clone(&lock(&current));
-                        start(&pool, Arc::clone(&opts), config, socket, slot.take());
+                        start(&pool, Arc::clone(&opts), Arc::clone(&current), socket, slot.take());
                     }
                     Err(e) => {
                         diag::warn(format_args!("unable to accept: {e}"));
@@ -94,7 +93,7 @@ pub fn run(opts: Options, l: &ListenOptions) -> Result<u8, Error> {
     })
 }
 
-/// The lock, even if a thread panicked holding it (it cannot: the
+/// The pool's lock, even if a thread panicked holding it (it cannot: the
 /// workspace aborts on panic).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
