@@ -10,20 +10,25 @@
 #      request, read the target's 6 bytes, close), for $SECONDS_PER_RUN s:
 #      direct (client -> proxy -> target) and through one upstream hop
 #      (client -> proxy -> upstream proxy -> target; rsockd chains to
-#      rsockd, danted to danted); target: rsockd >= 1.0x danted;
+#      rsockd (tcpserver to tcpserver, listener to listener), danted to
+#      danted); target: rsockd >= 1.0x danted;
 #   2. bulk throughput of one $BULK_MIB MiB transfer through one hop, for
 #      rsockd, danted and a chain of two plain socat relays (the same
 #      topology without SOCKS); target: >= 1.0x danted, >= 0.8x socat;
 #   1b. the floor of rsockd's model on this machine: connections/s to
 #      tcpserver running /bin/echo (a fork and an exec per connection);
+#      with each, the proxy's CPU per connection (user + system time of its
+#      processes, from /proc: less noisy than the rate on a shared machine);
 #   3. time to first byte through one hop (connect, SOCKS5, the target's
 #      first byte), p50 and p99 over $TTFB_N sequential connections.
 #
-# rsockd runs under tcpserver (-c 200), release profile linked statically as
-# install.sh does; danted with its default process pools; socat with fork.
+# rsockd runs in both of its modes, side by side: under tcpserver (-c 200; a
+# process per connection) and as its own listener (-L, -n 200; a thread per
+# connection), release profile linked statically as install.sh does; danted
+# with its default process pools; socat with fork.
 # Environment: ROUNDS (3), CLIENTS (16), SECONDS_PER_RUN (5), BULK_MIB (512),
 # TTFB_N (500), PROFILE (release; dev to try the script quickly), KEEP (1:
-# keep the work directory). Needs tcpserver, danted, socat, python3.
+# keep the work directory). Needs tcpserver, danted, socat, python3, pgrep.
 # Everything started here is stopped by PID.
 set -euo pipefail
 
@@ -176,14 +181,31 @@ start_tcpserver() {
     local pf=$1; shift
     mkfifo "$pf"
     tcpserver -1 -R -H -l0 -c 200 -b 256 127.0.0.1 0 "$@" >"$pf" 2>>"$work/rsockd.log" &
-    pids+=($!)
+    pids+=($!); last=$!
     read -r port <"$pf"
 }
 start_tcpserver "$work/b.port" "$bin/rsockd" -f "$work/sockd.conf" -F "$work/none.conf"
-rs_b=$port
+rs_b=$port; rs_b_pid=$last
 echo "sockd @=socks5://127.0.0.1:$rs_b ALL" >"$work/a-socks.conf"
 start_tcpserver "$work/a.port" "$bin/rsockd" -f "$work/sockd.conf" -F "$work/a-socks.conf"
-rs_a=$port
+rs_a=$port; rs_a_pid=$last
+
+# rsockd's listener mode: BL direct, AL through BL. start_listener PORTFILE
+# ARGS...: sets $port once rsockd said it listens (-N 3, a newline on fd 3).
+start_listener() {
+    local pf=$1 p; shift
+    p=$(free_port)
+    mkfifo "$pf"
+    "$bin/rsockd" -L "127.0.0.1:$p" -n 200 -N 3 "$@" 3>"$pf" 2>>"$work/rsockd-listen.log" &
+    pids+=($!); last=$!
+    read -r _ <"$pf"
+    port=$p
+}
+start_listener "$work/bl.ready" -f "$work/sockd.conf" -F "$work/none.conf"
+rl_b=$port; rl_b_pid=$last
+echo "sockd @=socks5://127.0.0.1:$rl_b ALL" >"$work/al-socks.conf"
+start_listener "$work/al.ready" -f "$work/sockd.conf" -F "$work/al-socks.conf"
+rl_a=$port; rl_a_pid=$last
 
 # The floor of the per-connection model: tcpserver running /bin/echo
 # (its 6 bytes, like the target's), no SOCKS at all.
@@ -214,9 +236,9 @@ da_b=$(free_port); da_a=$(free_port)
 dante_conf "$da_b" >"$work/danted-b.conf"
 dante_conf "$da_a" "$da_b" >"$work/danted-a.conf"
 danted -f "$work/danted-b.conf" -p "$work/danted-b.pid" 2>>"$work/danted.log" &
-pids+=($!)
+pids+=($!); da_b_pid=$!
 danted -f "$work/danted-a.conf" -p "$work/danted-a.pid" 2>>"$work/danted.log" &
-pids+=($!)
+pids+=($!); da_a_pid=$!
 wait_port "$da_b"; wait_port "$da_a"
 
 # socat: two plain relays in a row to the bulk target.
@@ -232,10 +254,28 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+
 
 declare -A res
 declare -A fails
-rate() { # key proxy
-    local v f
-    read -r v f <<<"$(client rate "$2" "$small" "$CLIENTS" "$SECONDS_PER_RUN")"
-    res[$1]+="$v "; fails[$1]=$(( ${fails[$1]:-0} + f ))
+# ticks PID...: CPU (user + system clock ticks) of these processes, of
+# their children that have ended (cutime, cstime) and of those still running.
+ticks() {
+    local sum=0 p c t
+    for p in "$@"; do
+        for c in "$p" $(pgrep -P "$p" || true); do
+            t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$c/stat" 2>/dev/null || true)
+            sum=$(( sum + ${t:-0} ))
+        done
+    done
+    echo "$sum"
+}
+hz=$(getconf CLK_TCK)
+rate() { # key proxy pid... (the proxy's processes, for its CPU per connection)
+    local key=$1 proxy=$2 v f t0 t1
+    shift 2
+    t0=$(ticks "$@")
+    read -r v f <<<"$(client rate "$proxy" "$small" "$CLIENTS" "$SECONDS_PER_RUN")"
+    t1=$(ticks "$@")
+    res[$key]+="$v "; fails[$key]=$(( ${fails[$key]:-0} + f ))
+    res[cpu_$key]+="$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$v" -v s="$SECONDS_PER_RUN" \
+        'BEGIN { printf "%.0f", t / hz * 1e6 / (n * s) }') "
 }
 ttfb() { # key proxy
     local p50 p99 f
@@ -246,14 +286,18 @@ for r in $(seq "$ROUNDS"); do
     log "round $r/$ROUNDS"
     read -r v _ <<<"$(client rate 0 "$floor" "$CLIENTS" "$SECONDS_PER_RUN")"
     res[rate_floor]+="$v "
-    rate rate_rs_direct "$rs_b"
-    rate rate_da_direct "$da_b"
-    rate rate_rs_hop "$rs_a"
-    rate rate_da_hop "$da_a"
+    rate rate_rs_direct "$rs_b" "$rs_b_pid"
+    rate rate_rl_direct "$rl_b" "$rl_b_pid"
+    rate rate_da_direct "$da_b" "$da_b_pid"
+    rate rate_rs_hop "$rs_a" "$rs_a_pid" "$rs_b_pid"
+    rate rate_rl_hop "$rl_a" "$rl_a_pid" "$rl_b_pid"
+    rate rate_da_hop "$da_a" "$da_a_pid" "$da_b_pid"
     res[bulk_rs]+="$(client bulk "$rs_a" "$bulkp") "
+    res[bulk_rl]+="$(client bulk "$rl_a" "$bulkp") "
     res[bulk_da]+="$(client bulk "$da_a" "$bulkp") "
     res[bulk_so]+="$(client bulk 0 "$so_a") "
     ttfb rs "$rs_a"
+    ttfb rl "$rl_a"
     ttfb da "$da_a"
 done
 m() { tr ' ' '\n' <<<"${res[$1]}" | grep . | median; }
@@ -261,17 +305,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "rsockd-bench: $(date -u +%Y-%m-%d) $commit profile $PROFILE, $(nproc) CPUs, rounds $ROUNDS, medians"
 echo
-echo "| figure | rsockd | danted | socat | rsockd / danted | rsockd / socat |"
-echo "|---|---:|---:|---:|---:|---:|"
-echo "| connections/s, $CLIENTS clients, direct | $(m rate_rs_direct) | $(m rate_da_direct) | | $(ratio "$(m rate_rs_direct)" "$(m rate_da_direct)")× | |"
-echo "| connections/s, $CLIENTS clients, one hop | $(m rate_rs_hop) | $(m rate_da_hop) | | $(ratio "$(m rate_rs_hop)" "$(m rate_da_hop)")× | |"
-echo "| bulk MiB/s, one hop ($BULK_MIB MiB) | $(m bulk_rs) | $(m bulk_da) | $(m bulk_so) | $(ratio "$(m bulk_rs)" "$(m bulk_da)")× | $(ratio "$(m bulk_rs)" "$(m bulk_so)")× |"
-echo "| connections/s, $CLIENTS clients, tcpserver + /bin/echo (no SOCKS: the floor of a process per connection) | $(m rate_floor) | | | | |"
-echo "| time to first byte p50, one hop (µs) | $(m ttfb50_rs) | $(m ttfb50_da) | | | |"
-echo "| time to first byte p99, one hop (µs) | $(m ttfb99_rs) | $(m ttfb99_da) | | | |"
+echo "| figure | rsockd (tcpserver) | rsockd -L | danted | socat | rsockd / danted | rsockd -L / danted | rsockd -L / socat |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| connections/s, $CLIENTS clients, direct | $(m rate_rs_direct) | $(m rate_rl_direct) | $(m rate_da_direct) | | $(ratio "$(m rate_rs_direct)" "$(m rate_da_direct)")× | $(ratio "$(m rate_rl_direct)" "$(m rate_da_direct)")× | |"
+echo "| connections/s, $CLIENTS clients, one hop | $(m rate_rs_hop) | $(m rate_rl_hop) | $(m rate_da_hop) | | $(ratio "$(m rate_rs_hop)" "$(m rate_da_hop)")× | $(ratio "$(m rate_rl_hop)" "$(m rate_da_hop)")× | |"
+echo "| proxy CPU per connection, direct (µs) | $(m cpu_rate_rs_direct) | $(m cpu_rate_rl_direct) | $(m cpu_rate_da_direct) | | | | |"
+echo "| proxy CPU per connection, one hop, both proxies (µs) | $(m cpu_rate_rs_hop) | $(m cpu_rate_rl_hop) | $(m cpu_rate_da_hop) | | | | |"
+echo "| bulk MiB/s, one hop ($BULK_MIB MiB) | $(m bulk_rs) | $(m bulk_rl) | $(m bulk_da) | $(m bulk_so) | $(ratio "$(m bulk_rs)" "$(m bulk_da)")× | $(ratio "$(m bulk_rl)" "$(m bulk_da)")× | $(ratio "$(m bulk_rl)" "$(m bulk_so)")× |"
+echo "| connections/s, $CLIENTS clients, tcpserver + /bin/echo (no SOCKS: the floor of a process per connection) | $(m rate_floor) | | | | | | |"
+echo "| time to first byte p50, one hop (µs) | $(m ttfb50_rs) | $(m ttfb50_rl) | $(m ttfb50_da) | | | | |"
+echo "| time to first byte p99, one hop (µs) | $(m ttfb99_rs) | $(m ttfb99_rl) | $(m ttfb99_da) | | | | |"
 echo
 echo "raw: $(for k in "${!res[@]}"; do printf '%s=[%s] ' "$k" "${res[$k]% }"; done)"
 echo "failed connections (not counted above): $(for k in "${!fails[@]}"; do printf '%s=%s ' "$k" "${fails[$k]}"; done)"
 errors=$(grep -c 'outcome=' "$work/rsockd.log" || true)
 bad=$(grep 'outcome=' "$work/rsockd.log" | grep -vc 'outcome=ok' || true)
 echo "rsockd log lines: $errors, not ok: $bad"
+errors=$(grep -c 'outcome=' "$work/rsockd-listen.log" || true)
+bad=$(grep 'outcome=' "$work/rsockd-listen.log" | grep -vc 'outcome=ok' || true)
+echo "rsockd -L log lines: $errors, not ok: $bad"

@@ -2,12 +2,15 @@
 //! and 1, under tcpserver, s6-tcpserver or inetd) that decides with
 //! `sockd.conf` whether to serve, and with `socks.conf` how to reach the
 //! destination: directly, refused, or through upstream SOCKS servers
-//! tried in order. See doc/rsockd.md.
+//! tried in order. With `-L`, it listens itself and serves each
+//! connection on a thread of its own with the same session code. See
+//! doc/rsockd.md.
 #![forbid(unsafe_code)]
 
 mod config;
 mod ident;
 mod io;
+mod listen;
 mod log;
 mod session;
 mod state;
@@ -23,7 +26,7 @@ use chainmail_sys::cli::{self, EXIT_OK, EXIT_TEMPORARY, EXIT_USAGE, Failure};
 use chainmail_sys::diag;
 
 const USAGE: &str = "rsockd [-ver | -i | -I] [-f sockd.conf] [-F socks.conf] [-a passwords] [-s statedir] \
-[-b seconds] [-c seconds] [-t seconds] [-l] | rsockd [-f ...] [-F ...] -T dest port [user] | rsockd [-f ...] [-F ...] -C";
+[-b seconds] [-c seconds] [-t seconds] [-l] [-L address:port [-n max] [-N fd]] | rsockd [-f ...] [-F ...] -T dest port [user] | rsockd [-f ...] [-F ...] -C";
 
 /// What the command line asks for.
 #[derive(Debug, Clone)]
@@ -48,9 +51,25 @@ pub struct Options {
     pub syslog: bool,
 }
 
+/// `-L`, `-n`, `-N`: the listener mode.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    /// `-L`: where to listen.
+    pub addr: std::net::SocketAddr,
+    /// `-n`: connections served at once, at most.
+    pub max: usize,
+    /// `-N`: the descriptor that gets a newline once listening.
+    pub notify_fd: Option<i32>,
+}
+
+/// `-n`'s default and its largest value.
+const DEFAULT_MAX: usize = 100;
+const LARGEST_MAX: usize = 10_000;
+
 enum Mode {
     Version,
     Serve,
+    Listen(ListenOptions),
     Test { dest: String, port: String, user: Option<String> },
     Check,
 }
@@ -63,6 +82,8 @@ enum Error {
     Config(String),
     #[error(transparent)]
     Session(#[from] session::SessionError),
+    #[error("unable to {0}: {1}")]
+    Sys(String, std::io::Error),
 }
 
 impl Failure for Error {
@@ -70,6 +91,7 @@ impl Failure for Error {
         match self {
             Error::Usage(_) | Error::Config(_) => EXIT_USAGE,
             Error::Session(e) => e.exit_code(),
+            Error::Sys(..) => EXIT_TEMPORARY,
         }
     }
 
@@ -101,6 +123,7 @@ fn parse(args: Vec<OsString>) -> Result<(Mode, Options), String> {
     let mut mode = Mode::Serve;
     let mut test = false;
     let mut free = Vec::new();
+    let (mut listen, mut max, mut notify_fd) = (None, None, None);
     while let Some(arg) = p.next().map_err(bad)? {
         match arg {
             Short('i') => o.ident = IdentMode::Lenient,
@@ -115,6 +138,21 @@ fn parse(args: Vec<OsString>) -> Result<(Mode, Options), String> {
             Short('l') => o.syslog = true,
             Short('T') => test = true,
             Short('C') => mode = Mode::Check,
+            Short('L') => {
+                let v = p.value().map_err(bad)?.string().map_err(bad)?;
+                let addr = v.parse::<std::net::SocketAddr>();
+                listen = Some(addr.map_err(|_| format!("-L wants address:port or [v6]:port, not {v:?}"))?);
+            }
+            Short('n') => {
+                let v = p.value().map_err(bad)?.string().map_err(bad)?;
+                let n = v.parse::<usize>().ok().filter(|n| (1..=LARGEST_MAX).contains(n));
+                max = Some(n.ok_or_else(|| format!("-n wants 1 to {LARGEST_MAX}, not {v:?}"))?);
+            }
+            Short('N') => {
+                let v = p.value().map_err(bad)?.string().map_err(bad)?;
+                let n = v.parse::<i32>().ok().filter(|n| *n >= 0);
+                notify_fd = Some(n.ok_or_else(|| format!("-N wants a descriptor number, not {v:?}"))?);
+            }
             Value(v) => free.push(v.string().map_err(bad)?),
             _ => return Err(arg.unexpected().to_string()),
         }
@@ -128,6 +166,14 @@ fn parse(args: Vec<OsString>) -> Result<(Mode, Options), String> {
         mode = Mode::Test { dest, port, user: f.next() };
     } else if !free.is_empty() {
         return Err(format!("unexpected argument {:?}", free[0]));
+    }
+    match (listen, &mode) {
+        (Some(addr), Mode::Serve) => {
+            mode = Mode::Listen(ListenOptions { addr, max: max.unwrap_or(DEFAULT_MAX), notify_fd });
+        }
+        (Some(_), _) => return Err("-L does not go with -T or -C".into()),
+        (None, _) if max.is_some() || notify_fd.is_some() => return Err("-n and -N need -L".into()),
+        (None, _) => {}
     }
     Ok((mode, o))
 }
@@ -152,7 +198,8 @@ fn run() -> Result<u8, Error> {
             println!("{line}");
             Ok(EXIT_OK)
         }
-        Mode::Serve => Ok(session::serve(&opts)?),
+        Mode::Serve => Ok(session::serve_stdio(&opts)?),
+        Mode::Listen(l) => listen::run(opts, &l),
     }
 }
 

@@ -63,25 +63,80 @@ fn nonzero(d: Duration) -> Duration {
     if d.is_zero() { Duration::from_secs(MAX_TIMEOUT_SECS) } else { d }
 }
 
-/// Serves the connection on fds 0 and 1.
-pub fn serve(opts: &Options) -> Result<u8, SessionError> {
-    let input = TcpStream::from(fd::adopt(0).map_err(sys("take descriptor 0"))?);
-    let output = fd::adopt(1).map_err(sys("take descriptor 1"))?;
-    let client = env_addr("TCPREMOTEIP", "TCPREMOTEPORT")
-        .or_else(|| input.peer_addr().ok().map(|a| SocketAddr::new(canonical(a.ip()), a.port())))
-        .ok_or(SessionError::NoClient)?;
-    let local = env_addr("TCPLOCALIP", "TCPLOCALPORT")
-        .or_else(|| input.local_addr().ok().map(|a| SocketAddr::new(canonical(a.ip()), a.port())));
+/// One client connection, however it came: the socket (read side and a
+/// descriptor to write to), who is at the other end, and this end.
+pub struct Connection {
+    pub input: TcpStream,
+    pub output: OwnedFd,
+    pub client: SocketAddr,
+    pub local: Option<SocketAddr>,
+    /// What identd said about the client, when the UCSPI server already
+    /// asked (`TCPREMOTEINFO`).
+    pub remote_info: Option<String>,
+}
+
+impl Connection {
+    /// The UCSPI connection: the client on fds 0 and 1, its address from
+    /// `TCPREMOTEIP`/`TCPREMOTEPORT` (else `getpeername`), ours from
+    /// `TCPLOCALIP`/`TCPLOCALPORT` (else `getsockname`).
+    pub fn from_stdio() -> Result<Connection, SessionError> {
+        let input = TcpStream::from(fd::adopt(0).map_err(sys("take descriptor 0"))?);
+        let output = fd::adopt(1).map_err(sys("take descriptor 1"))?;
+        let client = env_addr("TCPREMOTEIP", "TCPREMOTEPORT")
+            .or_else(|| input.peer_addr().ok().map(canonical_socket))
+            .ok_or(SessionError::NoClient)?;
+        let local = env_addr("TCPLOCALIP", "TCPLOCALPORT").or_else(|| input.local_addr().ok().map(canonical_socket));
+        let remote_info = std::env::var("TCPREMOTEINFO").ok().filter(|u| !u.is_empty());
+        Ok(Connection { input, output, client, local, remote_info })
+    }
+
+    /// A connection accepted by the listener mode: the addresses are the
+    /// socket's.
+    pub fn accepted(input: TcpStream) -> Result<Connection, SessionError> {
+        input.set_nonblocking(false).map_err(sys("make the socket blocking"))?;
+        chainmail_sys::net::set_nodelay(&input);
+        let output: OwnedFd = input.try_clone().map_err(sys("duplicate a socket"))?.into();
+        let client = input.peer_addr().map(canonical_socket).map_err(|_| SessionError::NoClient)?;
+        let local = input.local_addr().ok().map(canonical_socket);
+        Ok(Connection { input, output, client, local, remote_info: None })
+    }
+}
+
+fn canonical_socket(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(a.ip()), a.port())
+}
+
+/// UCSPI mode: serves the connection on fds 0 and 1 with the files read
+/// now.
+pub fn serve_stdio(opts: &Options) -> Result<u8, SessionError> {
+    let conn = Connection::from_stdio()?;
+    match Config::load(opts) {
+        Ok(config) => serve(opts, &config, conn).map(|()| 0),
+        Err(e) => {
+            let mut rec = Record::new(conn.client.to_string());
+            rec.outcome = "config-error".into();
+            rec.emit(opts.syslog);
+            Err(SessionError::Config(e))
+        }
+    }
+}
+
+/// Serves one connection with `config`, and writes its log line. The
+/// same code for both modes: nothing in it depends on process-wide state
+/// that differs from one connection to the next.
+pub fn serve(opts: &Options, config: &Config, conn: Connection) -> Result<(), SessionError> {
+    let Connection { input, output, client, local, remote_info } = conn;
     let mut rec = Record::new(client.to_string());
-    let mut s = Session { opts, input: Some(input), output: Some(output), client, local, version: Version::V4 };
-    let r = s.run(&mut rec);
+    let mut s =
+        Session { opts, input: Some(input), output: Some(output), client, local, remote_info, version: Version::V4 };
+    let r = s.run(config, &mut rec);
     if let Err(e) = &r {
         if rec.outcome == "-" {
             rec.outcome = format!("error:{e}");
         }
     }
     rec.emit(opts.syslog);
-    r.map(|()| 0)
+    r
 }
 
 struct Session<'o> {
@@ -90,6 +145,7 @@ struct Session<'o> {
     output: Option<OwnedFd>,
     client: SocketAddr,
     local: Option<SocketAddr>,
+    remote_info: Option<String>,
     version: Version,
 }
 
@@ -127,14 +183,7 @@ impl Session<'_> {
         }
     }
 
-    fn run(&mut self, rec: &mut Record) -> Result<(), SessionError> {
-        let config = match Config::load(self.opts) {
-            Ok(c) => c,
-            Err(e) => {
-                rec.outcome = "config-error".into();
-                return Err(SessionError::Config(e));
-            }
-        };
+    fn run(&mut self, config: &Config, rec: &mut Record) -> Result<(), SessionError> {
         let Some((req, user)) = self.handshake(config.passwords.as_ref(), rec)? else { return Ok(()) };
         rec.command = req.command.name();
         rec.dest = req.target.to_string();
@@ -164,9 +213,9 @@ impl Session<'_> {
         }
         let mode = rule.ident.unwrap_or(self.opts.ident);
         if mode != IdentMode::Off {
-            let answer = match std::env::var("TCPREMOTEINFO") {
-                Ok(u) if !u.is_empty() => Ok(u),
-                _ => match self.local {
+            let answer = match &self.remote_info {
+                Some(u) => Ok(u.clone()),
+                None => match self.local {
                     Some(local) => {
                         ident::query(self.client, local, ident::IDENT_TIMEOUT.min(nonzero(self.opts.connect_timeout)))
                     }
@@ -217,7 +266,7 @@ impl Session<'_> {
             ClientAction::Direct => match req.command {
                 Command::Connect => self.direct_connect(&req, &mut cache, rec),
                 Command::Bind => self.direct_bind(&req, &mut cache, rec),
-                Command::UdpAssociate => self.udp(&req, &config, user_text.as_deref(), rec, None),
+                Command::UdpAssociate => self.udp(&req, config, user_text.as_deref(), rec, None),
             },
             ClientAction::Sockd(list) => {
                 let list = match list {
@@ -238,7 +287,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 if req.command == Command::UdpAssociate {
-                    return self.udp_via_upstreams(&list, &req, &config, user_text.as_deref(), rec);
+                    return self.udp_via_upstreams(&list, &req, config, user_text.as_deref(), rec);
                 }
                 self.via_upstreams(&list, &req, &mut cache, rec)
             }
@@ -740,6 +789,9 @@ fn rep_of(e: &io::Error) -> Rep {
     }
 }
 
+/// The stack of a thread that only waits for a child.
+const REAPER_STACK: usize = 64 * 1024;
+
 /// Starts a rule's `: command`, without a shell: the program is exec'd
 /// with its arguments as written, the request's values in `SOCKD_*`
 /// variables, stdin from /dev/null and stdout to our stderr (the log), so
@@ -756,8 +808,12 @@ fn run_command(argv: Option<&[String]>, env: &CommandEnv) {
     match r {
         // Reaped by a thread of its own, so that a long relay leaves no
         // zombie behind.
+        // (A thread that cannot be started leaves a zombie, not a panic.)
         Ok(mut child) => {
-            std::thread::spawn(move || child.wait());
+            let reaper = std::thread::Builder::new().name("reaper".into()).stack_size(REAPER_STACK);
+            if let Err(e) = reaper.spawn(move || child.wait()) {
+                diag::warn(format_args!("unable to start a thread to wait for {prog}: {e}"));
+            }
         }
         Err(e) => diag::warn(format_args!("unable to run {prog}: {e}")),
     }

@@ -3,6 +3,7 @@
 //! younger than `-b` seconds, and its file is removed when it works again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use chainmail_socks::upstream::Upstream;
@@ -37,7 +38,11 @@ impl BadMarks {
 
     pub fn mark_bad(&self, u: &Upstream) {
         if let Some(p) = self.path(u) {
-            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            // Unique per process and per call: in listener mode several
+            // sessions of one process may mark at the same time.
+            static CALLS: AtomicU64 = AtomicU64::new(0);
+            let n = CALLS.fetch_add(1, Ordering::Relaxed);
+            let tmp = p.with_extension(format!("tmp{}.{n}", std::process::id()));
             if std::fs::write(&tmp, u.to_string()).is_ok() && std::fs::rename(&tmp, &p).is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
