@@ -19,8 +19,11 @@
 #      LAT_ROUNDS round trips (p50 < 100 us);
 #   4. the RSS of each remusockd with 1000 idle channels (< 32 MiB each).
 # Each of 1-3 runs ROUNDS times alternating the two paths; medians shown.
-# ssh -L is not measured: it needs a running sshd and an account (see
-# bench/RESULTS.md).
+#   ssh -L:     ssh -L front3.sock:svc.sock to an sshd of the script's own on
+#               loopback (its own host key, client key and configuration; cipher
+#               SSH_CIPHER, default aes128-gcm@openssh.com), when /usr/sbin/sshd
+#               exists (Debian's openssh-server; SSH=0 leaves it out). Encrypted,
+#               so a reference, not a target.
 #
 # Environment: ROUNDS (3), SIZE (256), CONNS (4000 per run), LAT_ROUNDS
 # (5000), PROFILE (release; dev to try the script quickly), KEEP (1: keep
@@ -187,11 +190,57 @@ socat UNIX-LISTEN:"$work/front2.sock",fork,backlog=1024 TCP:127.0.0.1:"$p2",node
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/front2.sock" ] && break; sleep 0.05; done
 
+paths="socat remusockd"
+if [ "${SSH:-1}" = 1 ] && [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1; then
+    # An sshd of our own on loopback, reached with a key of our own; the
+    # account is the one running the benchmark.
+    mkdir -p "$work/ssh" /run/sshd
+    chmod 700 "$work/ssh"
+    ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host_key"
+    ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/client_key"
+    cp "$work/ssh/client_key.pub" "$work/ssh/authorized_keys"
+    p3=$(free_port)
+    cat >"$work/ssh/sshd_config" <<SSHD
+ListenAddress 127.0.0.1:$p3
+HostKey $work/ssh/host_key
+AuthorizedKeysFile $work/ssh/authorized_keys
+PidFile none
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+AllowStreamLocalForwarding yes
+StreamLocalBindUnlink yes
+SSHD
+    /usr/sbin/sshd -D -e -f "$work/ssh/sshd_config" 2>"$work/sshd.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+        "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$p3),1)" 2>/dev/null && break
+        sleep 0.05
+    done
+    ssh -N -p "$p3" -i "$work/ssh/client_key" -c "${SSH_CIPHER:-aes128-gcm@openssh.com}" \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ExitOnForwardFailure=yes \
+        -L "$work/front3.sock:$work/svc.sock" "$(id -un)@127.0.0.1" 2>"$work/ssh.log" &
+    pids+=($!)
+    for _ in $(seq 200); do [ -S "$work/front3.sock" ] && break; sleep 0.05; done
+    if [ -S "$work/front3.sock" ]; then
+        paths="socat remusockd ssh"
+    else
+        log "ssh -L did not come up (see below): left out"
+        cat "$work/sshd.log" "$work/ssh.log" >&2
+    fi
+fi
+
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A res
 for round in $(seq "$ROUNDS"); do
-    for path in socat remusockd; do
-        [ $path = socat ] && sock=$work/front2.sock || sock=$work/front.sock
+    for path in $paths; do
+        case $path in
+            socat) sock=$work/front2.sock ;;
+            ssh) sock=$work/front3.sock ;;
+            *) sock=$work/front.sock ;;
+        esac
         log "round $round: $path"
         echo "$("$PY" "$work/bench.py" throughput "$sock" "$SIZE")" >>"$work/tp-$path"
         echo "$("$PY" "$work/bench.py" conns "$sock" "$CONNS" 16)" >>"$work/cps-$path"
@@ -200,8 +249,10 @@ for round in $(seq "$ROUNDS"); do
         echo "$p99" >>"$work/p99-$path"
     done
 done
-for path in socat remusockd; do
-    for f in tp cps p50 p99; do res[$f-$path]=$(median <"$work/$f-$path"); done
+for path in socat remusockd ssh; do
+    for f in tp cps p50 p99; do
+        res[$f-$path]=$( [ -s "$work/$f-$path" ] && median <"$work/$f-$path" || echo n/a)
+    done
 done
 
 # 1000 idle channels.
@@ -221,12 +272,12 @@ wait "$idle_pid" || true
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 cat <<EOF
-| figure | socat (TCP + UNIX-CONNECT) | remusockd | ratio | target |
-|---|---:|---:|---:|---|
-| one channel, MiB/s (${SIZE} MiB echoed) | ${res[tp-socat]} | ${res[tp-remusockd]} | $(ratio "${res[tp-remusockd]}" "${res[tp-socat]}")× | ≥ 1.0× |
-| connections/s, 16 clients | ${res[cps-socat]} | ${res[cps-remusockd]} | $(ratio "${res[cps-remusockd]}" "${res[cps-socat]}")× | ≥ 1.0× |
-| 1-byte round trip p50, µs | ${res[p50-socat]} | ${res[p50-remusockd]} | | < 100 µs |
-| 1-byte round trip p99, µs | ${res[p99-socat]} | ${res[p99-remusockd]} | | |
-| RSS front / back before, MiB | | $(mib "$front_before") / $(mib "$back_before") | | |
-| RSS front / back with 1000 idle channels, MiB | | $(mib "$front_idle") / $(mib "$back_idle") | | < 32 MiB each |
+| figure | socat (TCP + UNIX-CONNECT) | remusockd | ratio | target | ssh -L |
+|---|---:|---:|---:|---|---:|
+| one channel, MiB/s (${SIZE} MiB echoed) | ${res[tp-socat]} | ${res[tp-remusockd]} | $(ratio "${res[tp-remusockd]}" "${res[tp-socat]}")× | ≥ 1.0× | ${res[tp-ssh]} |
+| connections/s, 16 clients | ${res[cps-socat]} | ${res[cps-remusockd]} | $(ratio "${res[cps-remusockd]}" "${res[cps-socat]}")× | ≥ 1.0× | ${res[cps-ssh]} |
+| 1-byte round trip p50, µs | ${res[p50-socat]} | ${res[p50-remusockd]} | | < 100 µs | ${res[p50-ssh]} |
+| 1-byte round trip p99, µs | ${res[p99-socat]} | ${res[p99-remusockd]} | | | ${res[p99-ssh]} |
+| RSS front / back before, MiB | | $(mib "$front_before") / $(mib "$back_before") | | | |
+| RSS front / back with 1000 idle channels, MiB | | $(mib "$front_idle") / $(mib "$back_idle") | | < 32 MiB each | |
 EOF

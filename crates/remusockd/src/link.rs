@@ -254,8 +254,21 @@ async fn reader(
             return;
         }
         let mut buf = vec![0u8; allow];
-        let msg = match rd.try_read(&mut buf) {
+        let mut got = Err(std::io::ErrorKind::WouldBlock.into());
+        // As in the link's reader: a short read means the socket is empty,
+        // and the readiness is cleared with it (no read that can only fail
+        // with EAGAIN before the next epoll round).
+        let _ = rd.as_ref().try_io(tokio::io::Interest::READABLE, || {
+            got = chainmail_sys::fd::read(&rd.as_ref().as_fd(), &mut buf);
+            match &got {
+                Ok(n) if *n > 0 && *n < buf.len() => Err(std::io::ErrorKind::WouldBlock.into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(std::io::Error::from(e.kind())),
+            }
+        });
+        let msg = match got {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(0) => FromLocal::Eof(id, generation),
             Ok(n) => {
                 buf.truncate(n);
@@ -500,7 +513,16 @@ pub async fn run(shared: Rc<Shared>, wire: Wire, mut crypto: Crypto, listener: b
                             format!("TLS: {err}")
                         }),
                     };
-                    if matches!(outcome, Ok((true, _))) { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(()) }
+                    // A short plaintext read emptied the socket: say so, so
+                    // that the next round waits for epoll instead of trying a
+                    // read that can only fail with EAGAIN (tokio clears the
+                    // readiness only if no new event came meanwhile).
+                    let drained = direct > 0 && direct < rbuf.len();
+                    if matches!(outcome, Ok((true, _))) || drained {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
                 });
                 let ended = match outcome {
                     Ok((_, ended)) => ended,
