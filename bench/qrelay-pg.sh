@@ -51,7 +51,14 @@ work=$(mktemp -d /tmp/qrelay-pg-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    # The last started first: PostgreSQL (the first) would wait for qrelay's
+    # connection to end, so it goes last, with SIGINT (a fast shutdown).
+    local i p
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+        p=${pids[i]}
+        if [ "$p" = "${pg_pid:-}" ]; then kill -INT "$p" 2>/dev/null || true; else kill "$p" 2>/dev/null || true; fi
+        wait "$p" 2>/dev/null || true
+    done
     [ "${KEEP:-0}" = 1 ] && log "kept $work" || rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
