@@ -207,11 +207,12 @@ fi
 # service (socat ... EXEC:cat) listens on svc.sock; one remusockd connects
 # to it for each channel and listens on TCP, the other dials and offers
 # front.sock. A client that half-closes still gets its answer.
-if command -v socat >/dev/null 2>&1; then
+if command -v socat >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
     echo
     socat UNIX-LISTEN:"$work/svc.sock",fork EXEC:cat 2>/dev/null &
     remusock_pids="$!"
-    rs_port=$((20000 + $$ % 20000))
+    # A free loopback port (remusockd takes its port as a number).
+    rs_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     mkfifo "$work/rs-ready1" "$work/rs-ready2"
     "$bin/remusockd" -f -N 3 -c -b 127.0.0.1 "$work/svc.sock" "$rs_port" 3>"$work/rs-ready1" 2>"$work/remusock-back.log" &
     remusock_pids="$remusock_pids $!"
