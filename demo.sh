@@ -134,6 +134,9 @@ if command -v qmqp-sink >/dev/null 2>&1; then
     echo
     qmqp-sink -c "unix:$work/sink.sock" 64 >"$work/sink.out" 2>&1 &
     sink_pid=$!
+    # qmqp-sink gives no readiness signal: wait (bounded) for its socket.
+    for _ in $(seq 200); do [ -S "$work/sink.sock" ] && break; sleep 0.05; done
+    [ -S "$work/sink.sock" ] || { echo "demo: fatal: qmqp-sink did not start:" >&2; cat "$work/sink.out" >&2; exit 111; }
     cat >"$work/qrelay.lua" <<LUA
 sink = qmqp_resolve('$work/sink.sock')
 qmqp_listen('$work/qrelay.sock', function(m)
