@@ -6,6 +6,8 @@ use std::io::Read;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use chainmail_socks::Host;
 use chainmail_socks::auth::Passwords;
@@ -163,12 +165,64 @@ pub fn resolve_cached(cache: &mut Option<Vec<IpAddr>>, host: &Host) -> Vec<IpAdd
         .clone()
 }
 
-/// The addresses of a name (the system resolver: /etc/hosts, DNS).
+/// How long a name lookup may take (`-c`, set once at startup; 30 s
+/// until then).
+static RESOLVE_TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Bounds every later name lookup by `timeout` (the connect timeout).
+pub fn set_resolve_timeout(timeout: Duration) {
+    let _ = RESOLVE_TIMEOUT.set(timeout);
+}
+
+/// The addresses of a name (the system resolver: /etc/hosts, DNS), or none
+/// when the lookup fails or takes longer than the connect timeout: the
+/// system resolver has no deadline of its own that we set, so it runs on a
+/// thread of its own, left to finish alone if it is late.
 pub fn resolve(name: &str) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = (name, 0u16)
-        .to_socket_addrs()
-        .map(|it| it.map(|a| chainmail_socks::wire::canonical(a.ip())).collect())
-        .unwrap_or_default();
+    // `-c 0` is no limit of ours (as for the connects): the resolver's own.
+    let timeout = RESOLVE_TIMEOUT.get().copied().unwrap_or(Duration::from_secs(30));
+    let timeout = if timeout.is_zero() { Duration::from_secs(chainmail_sys::cli::MAX_TIMEOUT_SECS) } else { timeout };
+    resolve_within(name, timeout, |n| {
+        (n, 0u16).to_socket_addrs().map(|it| it.map(|a| a.ip()).collect()).unwrap_or_default()
+    })
+}
+
+fn resolve_within(name: &str, timeout: Duration, lookup: fn(&str) -> Vec<IpAddr>) -> Vec<IpAddr> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let owned = name.to_owned();
+    let started = std::thread::Builder::new().name("resolve".into()).stack_size(128 * 1024).spawn(move || {
+        let _ = tx.send(lookup(&owned));
+    });
+    if started.is_err() {
+        return Vec::new();
+    }
+    let mut v: Vec<IpAddr> =
+        rx.recv_timeout(timeout).unwrap_or_default().into_iter().map(chainmail_socks::wire::canonical).collect();
     v.dedup();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_lookup_gives_no_address_within_the_timeout() {
+        fn slow(_: &str) -> Vec<IpAddr> {
+            std::thread::sleep(Duration::from_secs(3));
+            vec![IpAddr::from([192, 0, 2, 1])]
+        }
+        fn quick(_: &str) -> Vec<IpAddr> {
+            vec![IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 1]), "::ffff:192.0.2.2".parse().expect("ip")]
+        }
+        let t0 = std::time::Instant::now();
+        assert_eq!(resolve_within("slow.example", Duration::from_millis(200), slow), Vec::<IpAddr>::new());
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(2), "waited {took:?} for a lookup bounded at 200 ms");
+        // In time: the addresses, canonical (mapped IPv4 as IPv4), duplicates dropped.
+        assert_eq!(
+            resolve_within("quick.example", Duration::from_secs(5), quick),
+            [IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2])]
+        );
+    }
 }

@@ -198,8 +198,14 @@ fn run() -> Result<u8, Error> {
             println!("{line}");
             Ok(EXIT_OK)
         }
-        Mode::Serve => Ok(session::serve_stdio(&opts)?),
-        Mode::Listen(l) => listen::run(opts, &l),
+        Mode::Serve => {
+            config::set_resolve_timeout(opts.connect_timeout);
+            Ok(session::serve_stdio(&opts)?)
+        }
+        Mode::Listen(l) => {
+            config::set_resolve_timeout(opts.connect_timeout);
+            listen::run(opts, &l)
+        }
     }
 }
 
