@@ -203,7 +203,7 @@ fn log_line(
     if let Some(n) = note {
         line.push_str(&format!(" {n}"));
     }
-    line.push_str(&format!(" time={:.3}", started.elapsed().as_secs_f64()));
+    line.push_str(&format!(" time={:.6}", started.elapsed().as_secs_f64()));
     chainmail_sys::diag::info(format_args!("{line}"));
 }
 
@@ -255,7 +255,7 @@ pub async fn serve(
 
 fn log_gone(peer: &Peer, why: &str, started: Instant) {
     chainmail_sys::diag::info(format_args!(
-        "pid={} uid={} no request: {why} time={:.3}",
+        "pid={} uid={} no request: {why} time={:.6}",
         peer.pid.map_or("-".to_owned(), |p| p.to_string()),
         peer.uid.map_or("-".to_owned(), |u| u.to_string()),
         started.elapsed().as_secs_f64()
