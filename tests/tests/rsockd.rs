@@ -4,6 +4,8 @@
 //! target. Names: only `localhost` (from /etc/hosts) is used, so every
 //! resolution stays on this machine.
 
+mod rsockd_support;
+
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -16,33 +18,7 @@ use std::time::{Duration, Instant};
 use chainmail_tests::peer::{Peer, first_line};
 use chainmail_tests::run::{Output, run};
 use chainmail_tests::{Server, TestDir, bin, find_program, secs};
-
-const PAGE: &str = "hello through socks\n";
-
-/// `python3 -m http.server` serving PAGE as /index.html.
-struct Target {
-    _peer: Peer,
-    port: u16,
-}
-
-fn http_target(dir: &TestDir) -> Target {
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).expect("mkdir www");
-    std::fs::write(www.join("index.html"), PAGE).expect("write page");
-    let mut cmd = Command::new(find_program("python3"));
-    cmd.args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"]).arg(&www).arg("0");
-    let (peer, out) = Peer::spawn(cmd, dir.join("http.stderr"), "python3 -m http.server");
-    let line = first_line(out.expect("stdout"), secs(20)).expect("http.server did not start");
-    // "Serving HTTP on 127.0.0.1 port 40000 (http://127.0.0.1:40000/) ..."
-    let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).and_then(|p| p.parse().ok());
-    Target { _peer: peer, port: port.unwrap_or_else(|| panic!("no port in {line:?}")) }
-}
-
-fn write(dir: &TestDir, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write a file");
-    p
-}
+use rsockd_support::*;
 
 fn write_secret(dir: &TestDir, name: &str, text: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -98,34 +74,12 @@ fn log_lines(s: &Server, n: usize) -> Vec<String> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} does not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to rsockd");
-    s.set_read_timeout(Some(secs(15))).expect("timeout");
-    s
-}
-
-fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    s.read_exact(&mut v).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
-    v
-}
-
-fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = s.read_to_end(&mut v);
-    v
 }
 
 fn v4_request(cd: u8, port: u16, ip: [u8; 4], user: &[u8], name: Option<&[u8]>) -> Vec<u8> {

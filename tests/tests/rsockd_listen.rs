@@ -4,6 +4,8 @@
 //! http.server` target, a UCSPI rsockd under tcpserver as the upstream.
 //! Readiness is `-N 1`: a newline on stdout once listening.
 
+mod rsockd_support;
+
 use std::ffi::OsString;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,36 +18,7 @@ use chainmail_tests::run::{Output, run};
 use chainmail_tests::{Server, TestDir, bin, find_program, secs};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-const PAGE: &str = "hello through the listener\n";
-
-/// `python3 -m http.server` serving PAGE as /index.html.
-struct Target {
-    _peer: Peer,
-    port: u16,
-}
-
-fn http_target(dir: &TestDir) -> Target {
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).expect("mkdir www");
-    std::fs::write(www.join("index.html"), PAGE).expect("write page");
-    let mut cmd = Command::new(find_program("python3"));
-    cmd.args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory"]).arg(&www).arg("0");
-    let (peer, out) = Peer::spawn(cmd, dir.join("http.stderr"), "python3 -m http.server");
-    let line = first_line(out.expect("stdout"), secs(20)).expect("http.server did not start");
-    let port = line.split_whitespace().skip_while(|w| *w != "port").nth(1).and_then(|p| p.parse().ok());
-    Target { _peer: peer, port: port.unwrap_or_else(|| panic!("no port in {line:?}")) }
-}
-
-fn write(dir: &TestDir, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write a file");
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use rsockd_support::*;
 
 /// `rsockd -L 127.0.0.1:PORT -N 1` (or on `host`), started and ready.
 struct Listener {
@@ -96,24 +69,6 @@ fn curl(proxy: &str, url: &str, extra: &[&str]) -> Output {
     let mut cmd = Command::new(find_program("curl"));
     cmd.args(["-sS", "--max-time", "15", "-x", proxy]).args(extra).arg(url);
     run(&mut cmd, b"", secs(20))
-}
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to rsockd");
-    s.set_read_timeout(Some(secs(15))).expect("timeout");
-    s
-}
-
-fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    s.read_exact(&mut v).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
-    v
-}
-
-fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = s.read_to_end(&mut v);
-    v
 }
 
 /// A SOCKS5 CONNECT to 127.0.0.1:port, granted.
