@@ -586,16 +586,7 @@ impl Session<'_> {
                     };
                     return self.udp(req, config, user, rec, Some((stream, SocketAddr::new(ip, bound.port))));
                 }
-                Err(UpstreamFailure::Connect(e)) => {
-                    marks.mark_bad(u);
-                    last = (rep_of(&e), format!("failed:upstream-connect:{e}"));
-                }
-                Err(UpstreamFailure::Protocol(e)) => {
-                    if e.upstream_broken() {
-                        marks.mark_bad(u);
-                    }
-                    last = (e.rep(), format!("failed:upstream:{e}"));
-                }
+                Err(failure) => last = upstream_failed(&marks, u, failure),
             }
         }
         self.refuse(rec, V4_REJECTED, last.0, &last.1);
@@ -637,16 +628,7 @@ impl Session<'_> {
                     marks.mark_good(u);
                     return self.through(stream, hs, bound, req, rec);
                 }
-                Err(UpstreamFailure::Connect(e)) => {
-                    marks.mark_bad(u);
-                    last = (rep_of(&e), format!("failed:upstream-connect:{e}"));
-                }
-                Err(UpstreamFailure::Protocol(e)) => {
-                    if e.upstream_broken() {
-                        marks.mark_bad(u);
-                    }
-                    last = (e.rep(), format!("failed:upstream:{e}"));
-                }
+                Err(failure) => last = upstream_failed(&marks, u, failure),
             }
         }
         self.refuse(rec, V4_REJECTED, last.0, &last.1);
@@ -766,6 +748,24 @@ fn v4_address(t: &Target) -> Option<SocketAddr> {
 }
 
 /// Tries each address in turn, each for at most `timeout`.
+/// What a failed upstream means for the next ones: it is marked bad when
+/// it could not be reached or broke the protocol, and the reply and log
+/// outcome to give if no later one does better.
+fn upstream_failed(marks: &BadMarks, u: &Upstream, failure: UpstreamFailure) -> (Rep, String) {
+    match failure {
+        UpstreamFailure::Connect(e) => {
+            marks.mark_bad(u);
+            (rep_of(&e), format!("failed:upstream-connect:{e}"))
+        }
+        UpstreamFailure::Protocol(e) => {
+            if e.upstream_broken() {
+                marks.mark_bad(u);
+            }
+            (e.rep(), format!("failed:upstream:{e}"))
+        }
+    }
+}
+
 fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
     for a in addrs {
