@@ -65,6 +65,12 @@ pub fn secs(s: u64) -> Duration {
     limit(Duration::from_secs(s))
 }
 
+/// A loopback TCP port that was free a moment ago (for programs that
+/// take their port as a number and cannot report one they chose).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
 /// Whether `haystack` contains `needle`, for byte strings.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)

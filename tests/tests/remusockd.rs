@@ -15,13 +15,7 @@ use std::time::{Duration, Instant};
 
 use chainmail_tests::peer::Peer;
 use chainmail_tests::run::run;
-use chainmail_tests::{TestDir, bin, find_program, secs};
-
-/// A free TCP port on loopback (bound and released; the test binds it
-/// again at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+use chainmail_tests::{TestDir, bin, find_program, free_port, secs};
 
 /// Waits for `cond`, bounded; the condition is the signal (a file
 /// appearing, a log line), checked every 20 ms.

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use chainmail_tests::free_port;
 use chainmail_tests::run::{Output, run};
 use chainmail_tests::{TestDir, bin, find_program, secs};
 use nix::sys::signal::{Signal, kill};
@@ -24,12 +25,6 @@ pub fn wait_unix(path: &Path, limit: Duration) {
         assert!(Instant::now() < deadline, "nothing listens on {} after {limit:?}", path.display());
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released: another process
-/// could take it in between, which the tests accept).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// postfix's qmqp-sink (`-c`: it prints its count of messages), on a Unix

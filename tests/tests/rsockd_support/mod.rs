@@ -3,10 +3,11 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 
+pub use chainmail_tests::free_port;
 use chainmail_tests::peer::{Peer, first_line};
 use chainmail_tests::{TestDir, find_program, secs};
 
@@ -35,10 +36,6 @@ pub fn write(dir: &TestDir, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write a file");
     p
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 pub fn connect(port: u16) -> TcpStream {
